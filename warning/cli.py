@@ -1,0 +1,186 @@
+"""The ``floodwarn`` command line.
+
+Every user-facing error (bad config, unreadable input, a model or delivery problem) is
+printed without a traceback and the command exits with status 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Any, Callable
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from .errors import USER_ERRORS
+
+app = typer.Typer(help="floodwarn: public-led flood early warning (forecasts -> flood depth -> "
+                       "CAP notices and SMS).", no_args_is_help=True, add_completion=False)
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="site configuration (TOML)")]
+
+
+def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except USER_ERRORS as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            raise typer.Exit(1) from None
+    return wrapper
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+def _parse_time(text: str) -> datetime:
+    try:
+        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not an ISO 8601 time like 2025-11-14T12:00Z") from None
+    if t.tzinfo is None:
+        raise typer.BadParameter(f"{text!r} has no time zone; add Z for UTC")
+    return t.astimezone(timezone.utc)
+
+
+@app.command("check-config")
+@_friendly
+def check_config(path: Annotated[Path, typer.Argument(help="the TOML file to check")]) -> None:
+    """Validate a site configuration and report every problem at once."""
+    from .config import load_config
+
+    cfg = load_config(path)
+    console.print(f"[green]ok[/]: {path} ({cfg.site.name}: {len(cfg.zones)} zones, "
+                  f"{len(cfg.gauges)} gauges, levels {', '.join(lv.name for lv in cfg.levels)})")
+
+
+@app.command()
+@_friendly
+def prepare(config: ConfigOpt, force: bool = typer.Option(False, help="recompute even if cached"),
+            verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+    """Compute the site's terrain products (fill, D8, accumulation, HAND) and cache them."""
+    from .config import load_config
+    from .site import Site
+
+    _setup_logging(verbose)
+    cfg = load_config(config)
+    with console.status("preparing terrain"):
+        site = Site.load(cfg)
+        t = site.prepare(force=force)
+    console.print(f"terrain ready: {site.ny} x {site.nx} cells, {int(t.drainage.sum())} channel "
+                  f"cells in {t.n_reach} reaches; cache {site.cache_path()}")
+
+
+@app.command()
+@_friendly
+def run(config: ConfigOpt,
+        at: Annotated[str, typer.Option("--at", help="cycle time, ISO 8601 with zone (default: now)")] = "",
+        drill: Annotated[str, typer.Option(help="run as a drill with this name (CAP Exercise)")] = "",
+        verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+    """Run one forecast cycle at TIME: forecast in, flood depth and zone levels out, notices sent."""
+    from .alerting import make_channel
+    from .config import load_config
+    from .pipeline import Inputs, run_cycle
+    from .site import Site
+    from .storage import Store
+
+    _setup_logging(verbose)
+    cfg = load_config(config)
+    when = _parse_time(at) if at else datetime.now(timezone.utc).replace(second=0, microsecond=0)
+    site = Site.load(cfg)
+    store = Store(cfg.db_url)
+    res = run_cycle(site, cfg, store, Inputs(cfg), when, drill=drill or None,
+                    channel=make_channel(cfg))
+    console.print(f"cycle {res.run_id}: forecast issued {res.forecast_issued:%Y-%m-%d %H:%M}Z "
+                  f"({res.forecast_file})")
+    table = Table("zone", "level", "action", "peak depth (m)", "why")
+    for d in res.decisions:
+        m = res.metrics[d["zone"]]
+        table.add_row(d["zone"], d["level_name"], d["action"], f"{m['forecast_peak_depth_m']:.2f}",
+                      "; ".join(d["reasons"][:2]))
+    console.print(table)
+    for p in res.problems:
+        console.print(f"[yellow]data problem:[/] {p}")
+    console.print(f"{len(res.notices)} CAP notices, {res.messages_queued} SMS queued, "
+                  f"{res.messages_sent} sent; outputs in {cfg.output_dir}")
+
+
+@app.command()
+@_friendly
+def demo(config: ConfigOpt = Path("config/demo.toml"),
+         twilio: bool = typer.Option(False, help="send the drill's SMS through Twilio "
+                                                 "(TWILIO_* must be set) instead of the file channel"),
+         verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+    """Run the demo storm through the whole chain, cycle by cycle, as a drill."""
+    from .config import load_config
+    from .demo import run_demo
+
+    _setup_logging(verbose)
+    cfg = load_config(config)
+    console.rule(f"[bold]floodwarn demo: {cfg.site.name}")
+    console.print("A storm crosses the Millbrook valley. Every cycle takes the latest rainfall "
+                  "forecast, runs runoff, routing and inundation on the site grid, compares each "
+                  "zone with its thresholds and issues notices. This is a [bold]drill[/]: CAP "
+                  "status Exercise, SMS marked EXERCISE, sent to a file, not to phones.\n")
+    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
+                  MofNCompleteColumn(), TimeRemainingColumn(), console=console) as bar:
+        task = bar.add_task("forecast cycles", total=None)
+
+        def progress(done: int, total: int, res: Any) -> None:
+            label = "forecast cycles"
+            if res is not None:
+                changes = [f"{d['zone']}->{d['level_name']}" for d in res.decisions
+                           if d["action"] in ("raise", "lower", "all_clear")]
+                label = f"cycle {res.at:%d %b %H:%M}Z"
+                if changes:
+                    bar.console.print(f"  {res.at:%d %b %H:%M}Z  " + ", ".join(changes))
+            bar.update(task, total=total, completed=done, description=label)
+
+        result = run_demo(cfg, channel_name="twilio" if twilio else "file", progress=progress,
+                          status=lambda msg: bar.console.print(f"[dim]{msg}[/]"))
+    _print_timeline(cfg, result)
+
+
+def _print_timeline(cfg: Any, result: Any) -> None:
+    titles = {lv.name: lv.title for lv in cfg.levels}
+    table = Table(title="Timeline per zone (UTC)", show_lines=True)
+    table.add_column("zone")
+    table.add_column("levels raised and lowered")
+    table.add_column("peak depth", justify="right")
+    table.add_column("peak at")
+    table.add_column("lead time", justify="right")
+    for tl in result.timelines.values():
+        changes = "\n".join(f"{t:%d %b %H:%M}  {titles.get(lv, 'all clear')} ({action})"
+                            for t, action, lv in tl.changes) or "no warning"
+        lead = tl.lead_time_h
+        table.add_row(tl.name, changes, f"{tl.peak_depth_m:.2f} m",
+                      f"{tl.peak_time:%d %b %H:%M}" if tl.peak_depth_m > 0 and tl.peak_time else "-",
+                      f"{lead:+.1f} h" if lead is not None else "-")
+    console.print(table)
+    console.print("Lead time = time from the first warning to the peak depth (positive: warned "
+                  "ahead of the peak). Peak depth is the highest depth outside the river channel "
+                  "in the zone, from the model run with the best-estimate rain.\n")
+    o = result.outputs
+    n_cap = len(list(Path(o["cap"]).glob("*.xml")))
+    n_sms = sum(1 for _ in open(o["sms"])) if Path(o["sms"]).exists() else 0
+    console.print("[bold]Outputs[/]")
+    console.print(f"  CAP 1.2 notices   {o['cap']}/  ({n_cap} files, status Exercise)")
+    console.print(f"  SMS log           {o['sms']}  ({n_sms} messages, numbers masked)")
+    console.print(f"  depth GeoTIFFs    {o['depth']}/  (forecast peak depth, one per cycle)")
+    console.print(f"  peak depth map    {o['map']}")
+    console.print(f"  audit log (SQLite){o['database']}  (table 'audit': every decision and its inputs)")
+    console.print(f"{len(result.cycles)} cycles in {result.seconds:.1f} s.")
+
+
+def main() -> None:  # pragma: no cover
+    app()

@@ -1,0 +1,391 @@
+"""Site configuration: a TOML file loaded into pydantic models and validated whole.
+
+``load_config(path)`` reports every problem at once, each with its key path
+(``zones[0].thresholds.warning: unknown metric 'peak_depth'``), as one ``ConfigError``.
+Relative paths in the file are relative to the file's own folder. Secrets never live
+here: Twilio credentials and the subscriber key come from the environment
+(``warning.secrets``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from alerts.levels import Criterion, LevelSpec, ZonePolicy
+
+from .errors import ConfigError
+
+#: Zone metrics the pipeline computes; thresholds may use any of them.
+METRICS = {
+    "forecast_peak_depth_m": "highest forecast flood depth outside the channel in the zone (ensemble median), m",
+    "flooded_share": "share of the zone's land forecast under water deeper than model.flooded_depth_m (0-1)",
+    "depth_exceedance_probability": "share of ensemble members whose zone peak depth reaches model.probability_depth_m (0-1)",
+    "forecast_stage_m": "highest forecast stage at the zone's gauge (ensemble median), m above gauge zero",
+    "observed_stage_m": "latest good observed stage at the zone's gauge, m above gauge zero",
+    "observed_rise_m_per_h": "observed rate of rise at the zone's gauge over the last hour, m/h",
+}
+CAP_SEVERITY = ("Extreme", "Severe", "Moderate", "Minor", "Unknown")
+CAP_URGENCY = ("Immediate", "Expected", "Future", "Past", "Unknown")
+CAP_CERTAINTY = ("Observed", "Likely", "Possible", "Unlikely", "Unknown")
+CAP_RESPONSE = ("Shelter", "Evacuate", "Prepare", "Execute", "Avoid", "Monitor", "Assess",
+                "AllClear", "None")
+_CRITERION = re.compile(r"^\s*([a-z_]+)\s*(>=|<=|>|<)\s*([-+0-9.eE]+)\s*$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("give a time zone, e.g. 2025-11-14T06:00:00Z")
+    return value.astimezone(timezone.utc)
+
+
+class SiteConfig(_Model):
+    name: str
+    code: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    dem: Path
+    curve_number: Path | None = None
+    curve_number_constant: float | None = Field(default=None, gt=0, le=100)
+    zones: Path
+    output_dir: Path
+
+    @model_validator(mode="after")
+    def _one_cn(self) -> "SiteConfig":
+        if (self.curve_number is None) == (self.curve_number_constant is None):
+            raise ValueError("give exactly one of curve_number (a grid file) or curve_number_constant")
+        return self
+
+
+class FloodStages(_Model):
+    action: float | None = None
+    minor: float
+    moderate: float | None = None
+    major: float | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "FloodStages":
+        vals = [v for v in (self.action, self.minor, self.moderate, self.major) if v is not None]
+        if vals != sorted(vals):
+            raise ValueError("flood stages must rise: action <= minor <= moderate <= major")
+        return self
+
+
+class GaugeConfig(_Model):
+    id: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str
+    lon: float = Field(ge=-180, le=180)
+    lat: float = Field(ge=-90, le=90)
+    datum_m: float = Field(description="elevation of the gauge zero above the DEM's datum, m")
+    flood_stages: FloodStages
+    valid_range_m: tuple[float, float] = (-1.0, 20.0)
+
+
+class ForecastSourceConfig(_Model):
+    kind: str = "netcdf"
+    path: Path
+    pattern: str = "*.nc"
+    variable: str = "precipitation_rate"
+    units: Literal["mm/h", "mm h-1", "mm/s", "kg m-2 s-1", "m/s", "mm"] = "mm/h"
+
+
+class GaugeSourceConfig(_Model):
+    kind: str = "gauge_csv"
+    path: Path
+    units: Literal["m", "ft", "cm"] = "m"
+    stale_after_minutes: float = Field(default=90, gt=0)
+
+
+class SourcesConfig(_Model):
+    forecast: ForecastSourceConfig
+    gauges: GaugeSourceConfig | None = None
+
+
+class ModelConfig(_Model):
+    spinup_hours: float = Field(default=36, ge=0)
+    horizon_hours: float = Field(default=30, gt=0)
+    routing_dt_minutes: float = Field(default=30, gt=0, le=60)
+    drainage_threshold_km2: float = Field(default=0.5, gt=0)
+    reach_max_length_cells: int = Field(default=20, ge=2)
+    manning_channel: float = Field(default=0.035, gt=0)
+    manning_overland: float = Field(default=0.08, gt=0)
+    channel_width_m: float = Field(default=12.0, gt=0)
+    runoff_method: str = "scs_cn"
+    initial_abstraction_ratio: Literal[0.2, 0.05] = 0.2
+    antecedent_moisture: Literal["I", "II", "III"] = "II"
+    flooded_depth_m: float = Field(default=0.15, gt=0)
+    probability_depth_m: float = Field(default=0.3, gt=0)
+
+
+class LevelConfig(_Model):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    title: str
+    colour: str = Field(pattern=r"^#[0-9a-fA-F]{6}$")
+    severity: str
+    urgency: str
+    certainty: str
+    response_type: str
+    sms: bool = True
+    instruction: str = ""
+
+    @model_validator(mode="after")
+    def _cap_enums(self) -> "LevelConfig":
+        for field, allowed in (("severity", CAP_SEVERITY), ("urgency", CAP_URGENCY),
+                               ("certainty", CAP_CERTAINTY), ("response_type", CAP_RESPONSE)):
+            if getattr(self, field) not in allowed:
+                raise ValueError(f"{field} must be one of {', '.join(allowed)} (CAP 1.2)")
+        return self
+
+
+class PolicyConfig(_Model):
+    persistence: int = Field(default=1, ge=1)
+    hysteresis: float = Field(default=0.2, ge=0, lt=1)
+    min_hold_hours: float = Field(default=3, ge=0)
+    expiry_hours: float = Field(default=12, gt=0)
+    escalate_on_observed: bool = True
+
+    def to_policy(self) -> ZonePolicy:
+        return ZonePolicy(persistence=self.persistence, hysteresis=self.hysteresis,
+                          min_hold=timedelta(hours=self.min_hold_hours),
+                          escalate_on_observed=self.escalate_on_observed,
+                          expiry=timedelta(hours=self.expiry_hours))
+
+
+class Threshold(_Model):
+    """Criteria for one level: ``{ any = ["forecast_peak_depth_m >= 0.3", ...] }`` or ``all``."""
+
+    any: list[str] | None = None
+    all: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> "Threshold":
+        if (self.any is None) == (self.all is None):
+            raise ValueError("give exactly one of any = [...] or all = [...]")
+        for text in self.any or self.all or []:
+            m = _CRITERION.match(text)
+            if not m:
+                raise ValueError(f"criterion {text!r} is not 'metric op number' (op: >=, >, <=, <)")
+            if m.group(1) not in METRICS:
+                raise ValueError(f"criterion {text!r}: unknown metric {m.group(1)!r}; "
+                                 f"valid: {', '.join(sorted(METRICS))}")
+        return self
+
+    def criteria(self) -> tuple[Criterion, ...]:
+        out = []
+        for text in self.any or self.all or []:
+            metric, op, value = _CRITERION.match(text).groups()  # type: ignore[union-attr]
+            out.append(Criterion(metric=metric, op=op, value=float(value)))
+        return tuple(out)
+
+    @property
+    def combine(self) -> str:
+        return "any" if self.any is not None else "all"
+
+
+class ZoneConfig(_Model):
+    code: str
+    gauge: str | None = None
+    thresholds: dict[str, Threshold] = Field(default_factory=dict)
+    policy: PolicyConfig | None = None
+
+
+class TwilioConfig(_Model):
+    from_number: str | None = None
+    messaging_service_sid: str | None = None
+    status_callback: str | None = None
+    validity_period_s: int = Field(default=3600, ge=1, le=36000)
+
+
+class ChannelsConfig(_Model):
+    sms: Literal["auto", "twilio", "file"] = "auto"
+    sms_log: str = "sms.jsonl"
+    max_segments: int = Field(default=3, ge=1, le=10)
+    twilio: TwilioConfig = TwilioConfig()
+
+
+class NoticesConfig(_Model):
+    sender: str = Field(pattern=r"^[^\s,<&]+$")
+    sender_name: str
+    web_base: str
+    language: str = "en"
+
+
+class SubscribersConfig(_Model):
+    import_csv: Path | None = None
+    default_region: str = Field(default="GB", pattern=r"^[A-Z]{2}$")
+
+
+class DrillConfig(_Model):
+    name: str = "floodwarn drill"
+    exercise_marker: str = "EXERCISE"
+
+
+class DemoConfig(_Model):
+    start: datetime
+    end: datetime
+    cycle_hours: float = Field(default=2, gt=0)
+
+    _utc_start = field_validator("start", "end")(_utc)
+
+
+class Config(_Model):
+    site: SiteConfig
+    gauges: list[GaugeConfig] = Field(default_factory=list)
+    sources: SourcesConfig
+    model: ModelConfig = ModelConfig()
+    levels: list[LevelConfig]
+    policy: PolicyConfig = PolicyConfig()
+    zones: list[ZoneConfig]
+    channels: ChannelsConfig = ChannelsConfig()
+    notices: NoticesConfig
+    subscribers: SubscribersConfig = SubscribersConfig()
+    drill: DrillConfig = DrillConfig()
+    database_url: str | None = None
+    demo: DemoConfig | None = None
+    #: folder of the config file; relative paths are resolved against it
+    base_dir: Path = Path(".")
+
+    # ------------------------------------------------------------------ derived views
+    def path(self, p: Path | str) -> Path:
+        p = Path(p)
+        return p if p.is_absolute() else (self.base_dir / p).resolve()
+
+    @property
+    def output_dir(self) -> Path:
+        return self.path(self.site.output_dir)
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.output_dir / 'floodwarn.sqlite'}"
+
+    def level_specs(self, zone: ZoneConfig) -> list[LevelSpec]:
+        specs = []
+        for rank, lv in enumerate(self.levels, start=1):
+            th = zone.thresholds.get(lv.name)
+            if th is None:
+                continue
+            specs.append(LevelSpec(
+                name=lv.name, rank=rank, title=lv.title, colour=lv.colour, severity=lv.severity,
+                urgency=lv.urgency, certainty=lv.certainty, response_type=lv.response_type,
+                sms=lv.sms, criteria=th.criteria(), combine=th.combine,
+                instruction=lv.instruction))
+        return specs
+
+    def zone_policy(self, zone: ZoneConfig) -> ZonePolicy:
+        return (zone.policy or self.policy).to_policy()
+
+    def gauge(self, gauge_id: str) -> GaugeConfig:
+        return next(g for g in self.gauges if g.id == gauge_id)
+
+
+def _key_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _semantic_problems(cfg: Config) -> list[str]:
+    """Cross-references and files: what pydantic cannot see on its own."""
+    problems: list[str] = []
+
+    def need_file(key: str, p: Path | None, folder: bool = False) -> None:
+        if p is None:
+            return
+        full = cfg.path(p)
+        if folder and not full.is_dir():
+            problems.append(f"{key}: folder not found: {full}")
+        elif not folder and not full.is_file():
+            problems.append(f"{key}: file not found: {full}")
+
+    need_file("site.dem", cfg.site.dem)
+    need_file("site.curve_number", cfg.site.curve_number)
+    need_file("site.zones", cfg.site.zones)
+    fc = cfg.sources.forecast
+    need_file("sources.forecast.path", fc.path, folder=cfg.path(fc.path).suffix == "")
+    if cfg.sources.gauges is not None:
+        need_file("sources.gauges.path", cfg.sources.gauges.path)
+    need_file("subscribers.import_csv", cfg.subscribers.import_csv)
+
+    zone_codes: set[str] = set()
+    zones_file = cfg.path(cfg.site.zones)
+    if zones_file.is_file():
+        try:
+            gj = json.loads(zones_file.read_text())
+            for i, feat in enumerate(gj.get("features", [])):
+                props = feat.get("properties") or {}
+                if "code" not in props or "name" not in props:
+                    problems.append(f"site.zones: feature {i} needs properties 'code' and 'name'")
+                    continue
+                if (feat.get("geometry") or {}).get("type") not in ("Polygon", "MultiPolygon"):
+                    problems.append(f"site.zones: zone {props['code']!r} is not a Polygon or MultiPolygon")
+                zone_codes.add(props["code"])
+        except (json.JSONDecodeError, AttributeError) as exc:
+            problems.append(f"site.zones: not valid GeoJSON: {exc}")
+
+    level_names = [lv.name for lv in cfg.levels]
+    if len(set(level_names)) != len(level_names):
+        problems.append("levels: level names must be unique")
+    gauge_ids = {g.id for g in cfg.gauges}
+    seen: set[str] = set()
+    for i, z in enumerate(cfg.zones):
+        if z.code in seen:
+            problems.append(f"zones[{i}].code: zone {z.code!r} is configured twice")
+        seen.add(z.code)
+        if zone_codes and z.code not in zone_codes:
+            problems.append(f"zones[{i}].code: {z.code!r} is not in {cfg.site.zones} "
+                            f"(zones there: {', '.join(sorted(zone_codes))})")
+        if z.gauge is not None and z.gauge not in gauge_ids:
+            problems.append(f"zones[{i}].gauge: unknown gauge {z.gauge!r}; configured gauges: "
+                            f"{', '.join(sorted(gauge_ids)) or 'none'}")
+        for name, th in z.thresholds.items():
+            if name not in level_names:
+                problems.append(f"zones[{i}].thresholds.{name}: no such level; levels: "
+                                f"{', '.join(level_names)}")
+            uses_gauge = any(c.metric.startswith(("observed_", "forecast_stage"))
+                             for c in th.criteria())
+            if uses_gauge and z.gauge is None:
+                problems.append(f"zones[{i}].thresholds.{name}: uses a gauge metric but the zone "
+                                f"has no gauge")
+        if not z.thresholds:
+            problems.append(f"zones[{i}].thresholds: give criteria for at least one level")
+    if cfg.demo is not None and cfg.demo.end <= cfg.demo.start:
+        problems.append("demo.end: must be after demo.start")
+    return problems
+
+
+def load_config(path: str | Path) -> Config:
+    """Read, validate and return the configuration at ``path``; ConfigError lists every problem."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", source=str(path)) from None
+    raw["base_dir"] = path.resolve().parent
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key (check its spelling)"
+            problems.append(f"{_key_path(err['loc'])}: {msg}")
+        raise ConfigError(problems, source=str(path)) from None
+    problems = _semantic_problems(cfg)
+    if problems:
+        raise ConfigError(problems, source=str(path))
+    return cfg

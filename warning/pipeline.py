@@ -1,0 +1,312 @@
+"""One forecast cycle: a plain function of (site, inputs, clock).
+
+    rain   = forecast issued last before `at` (+ best-estimate rain before `at`)
+    excess = SCS-CN runoff                         models.runoff
+    Q      = kinematic wave along the D8 network   models.routing
+    depth  = HAND + synthetic rating curves        models.inundation
+    zone metrics -> level decisions -> CAP notices + SMS outbox -> dispatch
+
+The scheduler calls ``run_cycle`` with the wall clock; the demo and replay call it with a
+simulated clock over archived inputs. There is no second copy for drills: a drill is
+the same cycle with ``scope`` set, CAP status Exercise and an exercise marker on SMS.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+
+from models import inundation, routing, runoff
+
+from . import alerting
+from .config import Config
+from .errors import IngestError
+from .ingest import get_source
+from .ingest.forecast_netcdf import ForecastIssue
+from .ingest.gauge_csv import latest_good
+from .site import RATING_STAGES, Site
+from .storage import Run, Store, utcnow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Simulation:
+    """What the models say for one cycle (all depths in metres)."""
+
+    times: np.ndarray  # (time,) datetime64[ns], start of each input step
+    now_index: int  # first step at or after the cycle time
+    stage: np.ndarray  # (member, time, n_reach+1) float32, m above the channel bed
+    q_gauge: dict[str, np.ndarray]  # gauge id -> (member, time) m3/s
+    peak_depth: np.ndarray  # (y, x) float32, ensemble-median forecast peak depth from now on
+    analysis_depth: np.ndarray  # (y, x) float32, peak depth before now (best-estimate rain)
+    members: int
+    forecast: ForecastIssue
+
+
+@dataclass
+class CycleResult:
+    run_id: str
+    at: datetime
+    forecast_issued: datetime
+    forecast_file: str
+    metrics: dict[str, dict[str, float]]
+    decisions: list[dict[str, Any]]
+    notices: list[str]
+    messages_queued: int
+    messages_sent: int
+    problems: list[str]
+    timings: dict[str, float] = field(default_factory=dict)
+    simulation: Simulation | None = None
+
+
+class Inputs:
+    """The cycle's data sources, built from the config; caches reprojected forecasts."""
+
+    def __init__(self, cfg: Config):
+        fc = cfg.sources.forecast
+        self.forecast = get_source(fc.kind, path=cfg.path(fc.path), pattern=fc.pattern,
+                                   variable=fc.variable, units=fc.units)
+        gs = cfg.sources.gauges
+        self.gauges = (get_source(gs.kind, path=cfg.path(gs.path), units=gs.units,
+                                  stale_after_minutes=gs.stale_after_minutes)
+                       if gs is not None else None)
+        self.valid_ranges = {g.id: g.valid_range_m for g in cfg.gauges}
+        self._cache: dict[tuple[str, float], Any] = {}
+
+    def load_forecast(self, issue: ForecastIssue, site: Site):
+        key = (str(issue.path), issue.path.stat().st_mtime)
+        if key not in self._cache:
+            if len(self._cache) > 32:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = self.forecast.load(issue, site)
+        return self._cache[key]
+
+    def read_gauges(self):
+        return self.gauges.read(self.valid_ranges) if self.gauges is not None else None
+
+
+# ----------------------------------------------------------------------------- rain
+def assemble_rain(inputs: Inputs, site: Site, cfg: Config, at: datetime
+                  ) -> tuple[np.ndarray, np.ndarray, int, ForecastIssue, list[str]]:
+    """Rain (member, time, y, x) in mm/h over [at - spin-up, at + horizon), hourly.
+
+    After ``at``: every member of the latest forecast issued at or before ``at``. Before
+    ``at``: the best estimate, i.e. for each hour the control member of the newest issue
+    that was out by then (shortest lead time). Nothing issued after ``at`` is used.
+    """
+    problems: list[str] = []
+    issues = [i for i in inputs.forecast.issues() if i.issued <= at]
+    if not issues:
+        raise IngestError(f"no rainfall forecast issued at or before {at:%Y-%m-%d %H:%M}Z in "
+                          f"{inputs.forecast.path}")
+    current = issues[-1]
+    fc = inputs.load_forecast(current, site)
+    step = np.timedelta64(1, "h")
+    fc_times = fc["time"].values
+    if fc_times.size > 1:
+        step = np.median(np.diff(fc_times)).astype("timedelta64[ns]")
+    at64 = np.datetime64(at.replace(tzinfo=None), "ns")
+    start = at64 - np.timedelta64(int(cfg.model.spinup_hours * 3600), "s")
+    start = start - (start - fc_times[0]) % step  # align on the forecast's steps
+    end = min(at64 + np.timedelta64(int(cfg.model.horizon_hours * 3600), "s"),
+              fc_times[-1] + step)
+    times = np.arange(start, end, step)
+    now_index = int(np.searchsorted(times, at64))
+    members = fc.sizes["member"]
+    rain = np.zeros((members, times.size, site.ny, site.nx), dtype=np.float32)
+    # future (and the current step): the current issue, all members
+    idx = np.searchsorted(fc_times, times)
+    hit = (idx < fc_times.size) & (fc_times[np.minimum(idx, fc_times.size - 1)] == times)
+    future = hit & (times >= at64 - step)
+    rain[:, future] = fc.values[:, idx[future]]
+    # past: for each step, the newest issue out by its start that covers it
+    missing = 0
+    for k in np.flatnonzero(~future):
+        t = times[k]
+        done = False
+        for issue in reversed(issues):
+            if np.datetime64(issue.issued.replace(tzinfo=None), "ns") > t:
+                continue
+            past = inputs.load_forecast(issue, site)
+            j = np.searchsorted(past["time"].values, t)
+            if j < past.sizes["time"] and past["time"].values[j] == t:
+                rain[:, k] = past.values[0, j]
+                done = True
+                break
+        missing += not done
+    if missing:
+        problems.append(f"no rain estimate for {missing} of the {now_index} spin-up steps "
+                        f"(no forecast covers them); they count as dry")
+    return rain, times, now_index, current, problems
+
+
+# ----------------------------------------------------------------------------- models
+def simulate(site: Site, cfg: Config, rain: np.ndarray, times: np.ndarray, now_index: int,
+             forecast: ForecastIssue) -> Simulation:
+    t = site.terrain
+    m = cfg.model
+    dt_h = float((times[1] - times[0]) / np.timedelta64(1, "h")) if times.size > 1 else 1.0
+    cn = site.cn
+    if m.antecedent_moisture != "II":
+        cn = runoff.amc_convert(cn, to=m.antecedent_moisture)
+    excess = runoff.get_runoff_method(m.runoff_method)(
+        rain, dt_h, np.where(site.valid, cn, 100.0).astype(np.float32),
+        lam=m.initial_abstraction_ratio)
+    channel = t.drainage
+    width = np.where(channel, m.channel_width_m, site.dx).astype(np.float32)
+    manning = np.where(channel, m.manning_channel, m.manning_overland).astype(np.float32)
+    gauge_cells = np.array([g.row * site.nx + g.col for g in site.gauges.values()], dtype=np.int64)
+    outlets = t.reach_outlet[1:]
+    record = np.concatenate([outlets, gauge_cells])
+    substeps = max(1, int(round(dt_h * 60.0 / m.routing_dt_minutes)))
+    res = routing.route_kinematic_d8(t.fdir, excess, dt_h * 3600.0, site.dx, site.dy, t.slope,
+                                     manning, width, substeps=substeps, record=record)
+    del excess
+    n_reach = t.n_reach
+    q_reach = np.zeros(res.q_record.shape[:2] + (n_reach + 1,), dtype=np.float32)
+    q_reach[..., 1:] = res.q_record[..., :n_reach]
+    stage = inundation.stage_from_discharge(RATING_STAGES, t.rating_q, q_reach).astype(np.float32)
+    stage[..., 0] = 0.0
+    q_gauge = {gid: res.q_record[:, :, n_reach + i] for i, gid in enumerate(site.gauges)}
+    hand = np.nan_to_num(t.hand, nan=np.inf)
+    roc = t.reach_of_cell
+    fut = stage[:, now_index:].max(axis=1)  # (member, n_reach+1)
+    peak = np.median(np.maximum(fut[:, roc] - hand[None], 0.0), axis=0)
+    past = stage[0, : now_index + 1].max(axis=0)
+    analysis = np.maximum(past[roc] - hand, 0.0)
+    nodata = ~site.valid | (roc == 0)
+    peak[nodata] = np.nan
+    analysis[nodata] = np.nan
+    return Simulation(times=times, now_index=now_index, stage=stage, q_gauge=q_gauge,
+                      peak_depth=peak.astype(np.float32), analysis_depth=analysis.astype(np.float32),
+                      members=rain.shape[0], forecast=forecast)
+
+
+def zone_metrics(site: Site, cfg: Config, sim: Simulation, gauges, at: datetime
+                 ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, Any]], list[str]]:
+    """Metrics per zone (see ``warning.config.METRICS``), details for messages, problems."""
+    t = site.terrain
+    m = cfg.model
+    hand = np.nan_to_num(t.hand, nan=np.inf)
+    metrics: dict[str, dict[str, float]] = {}
+    details: dict[str, dict[str, Any]] = {}
+    problems: list[str] = []
+    zcfg = {z.code: z for z in cfg.zones}
+    fut = sim.stage[:, sim.now_index:]  # (member, time, reach)
+    fut_times = sim.times[sim.now_index:]
+    stale = cfg.sources.gauges.stale_after_minutes if cfg.sources.gauges else 90.0
+    for zone in site.zones:
+        rz = t.reach_of_cell[zone.mask]
+        hz = hand[zone.mask]
+        depth = np.maximum(fut[:, :, rz] - hz, 0.0)  # (member, time, cells)
+        zmax = depth.max(axis=2)  # (member, time)
+        peak_m = zmax.max(axis=1)  # (member,)
+        share = (depth > m.flooded_depth_m).mean(axis=2).max(axis=1)
+        series = np.median(zmax, axis=0)
+        vals = {
+            "forecast_peak_depth_m": float(np.median(peak_m)),
+            "flooded_share": float(np.median(share)),
+            "depth_exceedance_probability": float((peak_m >= m.probability_depth_m).mean()),
+        }
+        det: dict[str, Any] = {"depth_series": series.round(3).tolist()}
+        wet = np.flatnonzero(series >= m.flooded_depth_m)
+        if wet.size:
+            det["onset"] = _dt(fut_times[wet[0]])
+        det["peak_time"] = _dt(fut_times[int(np.argmax(series))]) if series.max() > 0 else None
+        past_depth = np.maximum(sim.stage[0, : sim.now_index + 1][:, rz] - hz, 0.0).max(axis=1)
+        det["analysis_series"] = past_depth.round(3).tolist()
+        det["analysis_times"] = [_dt(x).isoformat() for x in sim.times[: sim.now_index + 1]]
+        gid = zcfg[zone.code].gauge
+        if gid is not None:
+            g = site.gauges[gid]
+            bed = float(t.filled[g.row, g.col])
+            st = sim.stage[:, :, g.reach] + bed - g.datum_m
+            vals["forecast_stage_m"] = float(np.median(st[:, sim.now_index:].max(axis=1)))
+            if gauges is not None:
+                obs, rise, when, problem = latest_good(gauges, gid, at, stale)
+                if problem:
+                    problems.append(problem)
+                vals["observed_stage_m"] = obs
+                vals["observed_rise_m_per_h"] = rise
+                det["observed_time"] = when.isoformat() if when else None
+            det["gauge"] = gid
+        metrics[zone.code] = vals
+        details[zone.code] = det
+    return metrics, details, problems
+
+
+def _dt(t: np.datetime64) -> datetime:
+    from datetime import timezone
+    return datetime.fromtimestamp(int(t.astype("datetime64[s]").astype(np.int64)), tz=timezone.utc)
+
+
+# ----------------------------------------------------------------------------- the cycle
+def run_cycle(site: Site, cfg: Config, store: Store, inputs: Inputs, at: datetime, *,
+              drill: str | None = None, channel=None, write_depth: bool = True) -> CycleResult:
+    """Run one forecast cycle at ``at`` (aware datetime) and return what it did."""
+    scope = f"drill:{drill}" if drill else "live"
+    run_id = f"{at:%Y%m%dT%H%MZ}-{'drill' if drill else 'live'}"
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    rain, times, now_index, issue, problems = assemble_rain(inputs, site, cfg, at)
+    gauges = inputs.read_gauges()
+    timings["ingest"] = time.perf_counter() - t0
+    with store.session.begin() as s:
+        if s.get(Run, run_id) is not None:
+            s.query(Run).filter(Run.id == run_id).delete()
+        s.add(Run(id=run_id, at=at, scope=scope, forecast_issued=issue.issued,
+                  forecast_file=issue.path.name, status="running", started=utcnow()))
+    t1 = time.perf_counter()
+    sim = simulate(site, cfg, rain, times, now_index, issue)
+    del rain
+    timings["models"] = time.perf_counter() - t1
+    metrics, details, more = zone_metrics(site, cfg, sim, gauges, at)
+    problems += more
+    t2 = time.perf_counter()
+    run_info = {
+        "floodwarn:modelRun": run_id,
+        "floodwarn:forecastIssued": issue.issued.isoformat(),
+        "floodwarn:forecastFile": issue.path.name,
+        "floodwarn:ensembleMembers": str(sim.members),
+        "floodwarn:models": "Priority-Flood+D8, SCS-CN, kinematic wave, HAND rating curves",
+    }
+    decisions, notices, queued = alerting.decide_and_notify(
+        site, cfg, store, at, metrics, details, run_id=run_id, scope=scope, drill=drill,
+        run_info=run_info, problems=problems)
+    sent = alerting.dispatch(cfg, store, channel) if channel is not None else 0
+    timings["alerts"] = time.perf_counter() - t2
+    if write_depth:
+        site.write_geotiff(cfg.output_dir / "depth" / f"peak_depth_{at:%Y%m%dT%H%MZ}.tif",
+                           sim.peak_depth, units="m", run=run_id,
+                           meaning="ensemble-median forecast peak flood depth",
+                           forecast_issued=issue.issued.isoformat())
+    with store.session.begin() as s:
+        run = s.get(Run, run_id)
+        run.status = "done"
+        run.finished = utcnow()
+        run.summary = {"metrics": _jsonable(metrics), "details": details,
+                       "problems": problems, "timings": timings,
+                       "decisions": decisions}
+    return CycleResult(run_id=run_id, at=at, forecast_issued=issue.issued,
+                       forecast_file=issue.path.name, metrics=metrics, decisions=decisions,
+                       notices=notices, messages_queued=queued, messages_sent=sent,
+                       problems=problems, timings=timings, simulation=sim)
+
+
+def _jsonable(metrics: dict[str, dict[str, float]]) -> dict[str, dict[str, float | None]]:
+    return {z: {k: (None if not np.isfinite(v) else round(float(v), 4)) for k, v in d.items()}
+            for z, d in metrics.items()}
+
+
+def cycle_times(start: datetime, end: datetime, every_hours: float) -> list[datetime]:
+    out, t = [], start
+    while t <= end:
+        out.append(t)
+        t += timedelta(hours=every_hours)
+    return out

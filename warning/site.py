@@ -1,0 +1,279 @@
+"""A site: its grid, land, zones, gauges and terrain products.
+
+``Site.load(cfg)`` reads the DEM and curve-number grids, rasterises the warning zones and
+places the gauges on the channel network. ``site.terrain`` holds the terrain products
+(filled DEM, D8 directions, accumulation, drainage network, reaches, HAND and the
+synthetic rating curve of every reach); they are computed once per site and cached on
+disk as NetCDF, keyed by the DEM's content and the terrain parameters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import xarray as xr
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.features import rasterize
+from rasterio.warp import transform as warp_transform
+from rasterio.warp import transform_geom
+
+from models import inundation, terrain
+
+from .config import Config
+from .errors import ConfigError, IngestError
+
+log = logging.getLogger(__name__)
+
+TERRAIN_VERSION = 1
+#: stages of the synthetic rating curves, m above the channel bed (finer near the bed)
+RATING_STAGES = (np.linspace(0.0, 1.0, 41) ** 2 * 12.0).astype(np.float64)
+
+
+@dataclass(frozen=True)
+class Zone:
+    code: str
+    name: str
+    polygons: list[list[tuple[float, float]]]  # (lat, lon) rings, for CAP
+    mask: np.ndarray  # (y, x) bool: land cells of the zone (channel cells excluded)
+
+
+@dataclass(frozen=True)
+class GaugeSite:
+    id: str
+    name: str
+    row: int
+    col: int
+    reach: int
+    datum_m: float
+
+
+@dataclass(frozen=True)
+class Terrain:
+    filled: np.ndarray  # (y, x) float32, m, depressions filled (Priority-Flood + epsilon)
+    fdir: np.ndarray  # (y, x) uint8, ESRI D8 codes
+    acc: np.ndarray  # (y, x) float64, upstream cells including the cell itself
+    drainage: np.ndarray  # (y, x) bool, channel cells
+    reach: np.ndarray  # (y, x) int32, reach id of channel cells, 0 elsewhere
+    reach_of_cell: np.ndarray  # (y, x) int32, reach each cell drains to first, 0 none
+    hand: np.ndarray  # (y, x) float32, m above the nearest drainage cell
+    slope: np.ndarray  # (y, x) float32, m/m along D8
+    reach_outlet: np.ndarray  # (n_reach+1,) int64, flat index of each reach's lowest cell
+    rating_q: np.ndarray  # (n_reach+1, n_stage) float64, m3/s at RATING_STAGES
+    key: str
+
+    @property
+    def n_reach(self) -> int:
+        return int(self.reach_outlet.size - 1)
+
+
+def _read_grid(path: Path, what: str) -> tuple[np.ndarray, rasterio.profiles.Profile]:
+    try:
+        with rasterio.open(path) as src:
+            return src.read(1, masked=False), src.profile
+    except rasterio.errors.RasterioIOError as exc:
+        raise IngestError(f"{path}: cannot read the {what} grid: {exc}") from None
+
+
+class Site:
+    """The site grid and everything placed on it."""
+
+    def __init__(self, cfg: Config, dem: np.ndarray, profile, cn: np.ndarray):
+        self.cfg = cfg
+        self.dem = dem
+        self.crs: CRS = profile["crs"]
+        self.transform: Affine = profile["transform"]
+        self.ny, self.nx = dem.shape
+        self.dx = float(abs(self.transform.a))
+        self.dy = float(abs(self.transform.e))
+        self.cell_area = self.dx * self.dy
+        self.valid = np.isfinite(dem)
+        self.cn = cn
+        self.x_coords = self.transform.c + (np.arange(self.nx) + 0.5) * self.transform.a
+        self.y_coords = self.transform.f + (np.arange(self.ny) + 0.5) * self.transform.e
+        self._terrain: Terrain | None = None
+        self.zones: list[Zone] = []
+        self.gauges: dict[str, GaugeSite] = {}
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, cfg: Config) -> "Site":
+        dem_path = cfg.path(cfg.site.dem)
+        dem, profile = _read_grid(dem_path, "DEM")
+        if profile["crs"] is None or not profile["crs"].is_projected:
+            raise IngestError(f"{dem_path}: the DEM must be in a projected CRS with metre cells "
+                              f"(found {profile['crs']}); reproject it, e.g. "
+                              f"gdalwarp -t_srs EPSG:326NN -tr 20 20")
+        dem = dem.astype(np.float32)
+        if profile.get("nodata") is not None:
+            dem[dem == profile["nodata"]] = np.nan
+        if cfg.site.curve_number is not None:
+            cn_path = cfg.path(cfg.site.curve_number)
+            cn_raw, cn_prof = _read_grid(cn_path, "curve-number")
+            if (cn_raw.shape != dem.shape or cn_prof["crs"] != profile["crs"]
+                    or not cn_prof["transform"].almost_equals(profile["transform"])):
+                raise IngestError(f"{cn_path}: the curve-number grid must be on the DEM's grid "
+                                  f"(shape {dem.shape}, CRS {profile['crs']}); resample it first")
+            cn = cn_raw.astype(np.float32)
+            bad = (cn <= 0) | (cn > 100)
+            if (bad & np.isfinite(dem)).any():
+                raise IngestError(f"{cn_path}: {int((bad & np.isfinite(dem)).sum())} cells have "
+                                  f"a curve number outside (0, 100]")
+        else:
+            cn = np.full(dem.shape, cfg.site.curve_number_constant, dtype=np.float32)
+        site = cls(cfg, dem, profile, cn)
+        site._load_zones()
+        return site
+
+    def _load_zones(self) -> None:
+        path = self.cfg.path(self.cfg.site.zones)
+        gj = json.loads(path.read_text())
+        configured = {z.code for z in self.cfg.zones}
+        drainage = self.terrain.drainage
+        for feat in gj["features"]:
+            props = feat["properties"]
+            if props["code"] not in configured:
+                continue
+            geom = feat["geometry"]
+            rings = geom["coordinates"] if geom["type"] == "Polygon" else [
+                r for poly in geom["coordinates"] for r in poly[:1]]
+            outer = rings[:1] if geom["type"] == "Polygon" else rings
+            polygons = [[(float(lat), float(lon)) for lon, lat in ring] for ring in outer]
+            site_geom = transform_geom("EPSG:4326", self.crs, geom)
+            mask = rasterize([(site_geom, 1)], out_shape=(self.ny, self.nx),
+                             transform=self.transform, fill=0, dtype="uint8").astype(bool)
+            mask &= self.valid & ~drainage
+            if not mask.any():
+                raise ConfigError(f"site.zones: zone {props['code']!r} covers no land cell of the "
+                                  f"site grid; is it outside the DEM?")
+            self.zones.append(Zone(props["code"], props["name"], polygons, mask))
+        for g in self.cfg.gauges:
+            self.gauges[g.id] = self._place_gauge(g.id, g.name, g.lon, g.lat, g.datum_m)
+
+    def _place_gauge(self, gid: str, name: str, lon: float, lat: float, datum: float) -> GaugeSite:
+        """Snap a gauge to the channel cell of largest upstream area within 3 cells."""
+        xs, ys = warp_transform("EPSG:4326", self.crs, [lon], [lat])
+        col, row = ~self.transform * (xs[0], ys[0])
+        row, col = int(np.floor(row)), int(np.floor(col))
+        if not (0 <= row < self.ny and 0 <= col < self.nx):
+            raise ConfigError(f"gauges: gauge {gid!r} at {lat:.5f}, {lon:.5f} is outside the site grid")
+        t = self.terrain
+        r0, r1 = max(row - 3, 0), min(row + 4, self.ny)
+        c0, c1 = max(col - 3, 0), min(col + 4, self.nx)
+        window = np.where(t.drainage[r0:r1, c0:c1], t.acc[r0:r1, c0:c1], -1.0)
+        if window.max() < 0:
+            raise ConfigError(f"gauges: gauge {gid!r} is not within 3 cells of a channel; check its "
+                              f"location or lower model.drainage_threshold_km2")
+        i, j = np.unravel_index(int(np.argmax(window)), window.shape)
+        r, c = r0 + int(i), c0 + int(j)
+        return GaugeSite(gid, name, r, c, int(t.reach[r, c]), datum)
+
+    # ------------------------------------------------------------------ terrain
+    @property
+    def terrain(self) -> Terrain:
+        if self._terrain is None:
+            self._terrain = self.prepare()
+        return self._terrain
+
+    def _terrain_key(self) -> str:
+        m = self.cfg.model
+        h = hashlib.sha256()
+        h.update(np.ascontiguousarray(self.dem).tobytes())
+        h.update(json.dumps([TERRAIN_VERSION, self.transform[:6], m.drainage_threshold_km2,
+                             m.reach_max_length_cells, m.manning_channel]).encode())
+        return h.hexdigest()[:16]
+
+    def cache_path(self) -> Path:
+        return self.cfg.output_dir / "cache" / f"terrain-{self.cfg.site.code}-{self._terrain_key()}.nc"
+
+    def prepare(self, force: bool = False) -> Terrain:
+        """Terrain products from the cache, or computed and cached when missing."""
+        path = self.cache_path()
+        if path.is_file() and not force:
+            try:
+                return self._read_cache(path)
+            except (OSError, KeyError, ValueError) as exc:
+                log.warning("terrain cache %s unreadable (%s); recomputing", path, exc)
+        t = self._compute_terrain()
+        self._write_cache(t, path)
+        return t
+
+    def _compute_terrain(self) -> Terrain:
+        m = self.cfg.model
+        nodata = np.float32(-9999.0)
+        dem = np.where(self.valid, self.dem, nodata).astype(np.float32)
+        filled = terrain.fill_depressions(dem, nodata=nodata, epsilon=True)
+        fdir = terrain.flow_direction_d8(filled, nodata=nodata, dx=self.dx, dy=self.dy)
+        acc = terrain.flow_accumulation_d8(fdir)
+        threshold_cells = m.drainage_threshold_km2 * 1e6 / self.cell_area
+        drainage = terrain.drainage_network(acc, threshold_cells) & self.valid
+        reach = terrain.label_reaches(fdir, drainage, max_length=m.reach_max_length_cells)
+        nearest = terrain.nearest_drainage(fdir, drainage)
+        hand = terrain.hand(filled, fdir, drainage)
+        slope = terrain.d8_slope(filled, fdir, self.dx, self.dy)
+        flat_reach = reach.ravel()
+        reach_of_cell = np.where(nearest >= 0, flat_reach[np.maximum(nearest, 0)], 0)
+        reach_of_cell = reach_of_cell.reshape(reach.shape).astype(np.int32)
+        n_reach = int(reach.max())
+        # per reach: outlet (largest accumulation), length and mean bed slope
+        idx = np.flatnonzero(flat_reach)
+        ids = flat_reach[idx]
+        order = np.lexsort((acc.ravel()[idx], ids))
+        last = np.r_[np.flatnonzero(np.diff(ids[order])), ids.size - 1]
+        outlet = np.full(n_reach + 1, -1, dtype=np.int64)
+        outlet[ids[order][last]] = idx[order][last]
+        counts = np.bincount(ids, minlength=n_reach + 1).astype(np.float64)
+        length = np.maximum(counts, 1.0) * 0.5 * (self.dx + self.dy)
+        slope_sum = np.bincount(ids, weights=slope.ravel()[idx], minlength=n_reach + 1)
+        reach_slope = np.maximum(slope_sum / np.maximum(counts, 1.0), 1e-4)
+        rating = inundation.synthetic_rating_curves(
+            np.nan_to_num(hand, nan=np.inf).astype(np.float32), reach_of_cell, length,
+            reach_slope, m.manning_channel, self.cell_area, RATING_STAGES)
+        rating_q = np.asarray(rating[0] if isinstance(rating, tuple) else rating, dtype=np.float64)
+        return Terrain(filled=filled.astype(np.float32), fdir=fdir, acc=acc, drainage=drainage,
+                       reach=reach.astype(np.int32), reach_of_cell=reach_of_cell,
+                       hand=hand.astype(np.float32), slope=slope.astype(np.float32),
+                       reach_outlet=outlet, rating_q=rating_q, key=self._terrain_key())
+
+    def _write_cache(self, t: Terrain, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        grids = {k: (("y", "x"), getattr(t, k)) for k in
+                 ("filled", "fdir", "acc", "reach", "reach_of_cell", "hand", "slope")}
+        grids["drainage"] = (("y", "x"), t.drainage.astype(np.uint8))
+        ds = xr.Dataset({**grids,
+                         "reach_outlet": (("reach_id",), t.reach_outlet),
+                         "rating_q": (("reach_id", "stage"), t.rating_q)},
+                        coords={"x": self.x_coords, "y": self.y_coords, "stage": RATING_STAGES},
+                        attrs={"key": t.key, "crs_wkt": self.crs.to_wkt(),
+                               "d8_encoding": "ESRI: 1=E 2=SE 4=S 8=SW 16=W 32=NW 64=N 128=NE, 0=outlet, 255=nodata",
+                               "title": f"floodwarn terrain products for {self.cfg.site.name}"})
+        tmp = path.with_suffix(".tmp")
+        ds.to_netcdf(tmp, engine="h5netcdf")
+        tmp.replace(path)
+        log.info("terrain cached at %s", path)
+
+    def _read_cache(self, path: Path) -> Terrain:
+        with xr.open_dataset(path, engine="h5netcdf") as ds:
+            if ds.attrs.get("key") != self._terrain_key():
+                raise ValueError("cache key mismatch")
+            g = {k: ds[k].values for k in ds.data_vars}
+        return Terrain(filled=g["filled"], fdir=g["fdir"], acc=g["acc"],
+                       drainage=g["drainage"].astype(bool), reach=g["reach"],
+                       reach_of_cell=g["reach_of_cell"], hand=g["hand"], slope=g["slope"],
+                       reach_outlet=g["reach_outlet"], rating_q=g["rating_q"],
+                       key=self._terrain_key())
+
+    # ------------------------------------------------------------------ output
+    def write_geotiff(self, path: Path, data: np.ndarray, **tags: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with rasterio.open(path, "w", driver="GTiff", height=self.ny, width=self.nx, count=1,
+                           dtype="float32", crs=self.crs, transform=self.transform,
+                           nodata=np.nan, compress="deflate") as dst:
+            dst.write(data.astype(np.float32), 1)
+            dst.update_tags(**tags)

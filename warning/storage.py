@@ -1,0 +1,159 @@
+"""The database: SQLAlchemy 2, SQLite (WAL) by default, PostgreSQL by URL.
+
+Tables: ``runs`` (one row per forecast cycle), ``zone_state`` (each zone's level state
+machine, per scope: live or a drill), ``alerts`` (every CAP notice issued), ``subscribers``
+(encrypted phone numbers), ``outbox`` (one row per recipient per alert, unique),
+``audit`` (every decision with the inputs that caused it).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text,
+                        UniqueConstraint, create_engine, event, select, update)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(DateTime):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores them naive)."""
+
+    cache_ok = True
+
+    def __init__(self) -> None:
+        super().__init__(timezone=True)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime()}
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    at: Mapped[datetime]
+    scope: Mapped[str] = mapped_column(String(80))
+    forecast_issued: Mapped[datetime | None]
+    forecast_file: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    started: Mapped[datetime] = mapped_column(default=utcnow)
+    finished: Mapped[datetime | None]
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class ZoneStateRow(Base):
+    __tablename__ = "zone_state"
+    zone: Mapped[str] = mapped_column(String(64), primary_key=True)
+    scope: Mapped[str] = mapped_column(String(80), primary_key=True)
+    level: Mapped[int] = mapped_column(Integer, default=0)
+    since: Mapped[datetime | None]
+    pending_level: Mapped[int] = mapped_column(Integer, default=0)
+    pending_count: Mapped[int] = mapped_column(Integer, default=0)
+    active: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: earlier messages of the open warning chain: [[sender, identifier, sent iso], ...]
+    chain: Mapped[list[list[str]]] = mapped_column(JSON, default=list)
+
+
+class AlertRow(Base):
+    __tablename__ = "alerts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    identifier: Mapped[str] = mapped_column(String(200), unique=True)
+    zone: Mapped[str] = mapped_column(String(64), index=True)
+    scope: Mapped[str] = mapped_column(String(80))
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"))
+    level: Mapped[int]
+    level_name: Mapped[str] = mapped_column(String(40))
+    msg_type: Mapped[str] = mapped_column(String(10))
+    status: Mapped[str] = mapped_column(String(10))
+    sent: Mapped[datetime]
+    expires: Mapped[datetime]
+    cap_path: Mapped[str] = mapped_column(Text)
+    headline: Mapped[str] = mapped_column(Text)
+
+
+class Subscriber(Base):
+    __tablename__ = "subscribers"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    phone_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    phone_enc: Mapped[str] = mapped_column(Text)
+    zones: Mapped[list[str]] = mapped_column(JSON)
+    language: Mapped[str] = mapped_column(String(8), default="en")
+    consent_source: Mapped[str] = mapped_column(Text)
+    consent_time: Mapped[datetime]
+    opted_out_at: Mapped[datetime | None]
+
+
+class OutboxRow(Base):
+    __tablename__ = "outbox"
+    __table_args__ = (UniqueConstraint("alert_identifier", "subscriber_id", "channel"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(200), unique=True)
+    alert_identifier: Mapped[str] = mapped_column(ForeignKey("alerts.identifier"))
+    subscriber_id: Mapped[int | None] = mapped_column(ForeignKey("subscribers.id", ondelete="SET NULL"))
+    channel: Mapped[str] = mapped_column(String(20))
+    body: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(12), default="pending", index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    claimed_at: Mapped[datetime | None]
+    sent_at: Mapped[datetime | None]
+    provider_id: Mapped[str | None] = mapped_column(String(64))
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class AuditRow(Base):
+    __tablename__ = "audit"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    time: Mapped[datetime] = mapped_column(default=utcnow)
+    run_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    zone: Mapped[str | None] = mapped_column(String(64))
+    event: Mapped[str] = mapped_column(String(40))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON)
+    value: Mapped[float | None] = mapped_column(Float)
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:  # pragma: no cover - trivial
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=5000")
+    cur.close()
+
+
+class Store:
+    """A database handle: engine, session factory and the few atomic operations."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.engine: Engine = create_engine(url)
+        if url.startswith("sqlite"):
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        Base.metadata.create_all(self.engine)
+        self.session = sessionmaker(self.engine, expire_on_commit=False)
+
+    def audit(self, s: Session, event_name: str, detail: dict[str, Any], *, run_id: str | None = None,
+              zone: str | None = None, value: float | None = None, time: datetime | None = None) -> None:
+        s.add(AuditRow(time=time or utcnow(), run_id=run_id, zone=zone, event=event_name,
+                       detail=detail, value=value))
+
+    def claim(self, outbox_id: int, now: datetime) -> bool:
+        """Atomically move one outbox row from pending to claimed; False if someone else did."""
+        with self.session.begin() as s:
+            res = s.execute(update(OutboxRow)
+                            .where(OutboxRow.id == outbox_id, OutboxRow.state == "pending")
+                            .values(state="claimed", claimed_at=now,
+                                    attempts=OutboxRow.attempts + 1))
+            return res.rowcount == 1
+
+    def pending_outbox(self) -> list[OutboxRow]:
+        with self.session() as s:
+            return list(s.scalars(select(OutboxRow).where(OutboxRow.state == "pending")
+                                  .order_by(OutboxRow.id)))
+
+    def dispose(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,131 @@
+"""Residents who subscribe by SMS: numbers normalised to E.164, encrypted at rest.
+
+The key comes from ``FLOODWARN_SECRET_KEY`` (or ``FLOODWARN_SECRET_KEY_FILE``): any
+string; a Fernet key is derived from it. Lookups use an HMAC of the number, so a
+number can be found or deleted without decrypting every row. Numbers are masked
+(``alerts.channels.mask_phone``) in every log line.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import hmac
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import phonenumbers
+from cryptography.fernet import Fernet, InvalidToken
+from sqlalchemy import delete, select
+
+from alerts.channels import mask_phone
+
+from .errors import ConfigError, FloodwarnError
+from .secrets import env_secret
+from .storage import Store, Subscriber, utcnow
+
+log = logging.getLogger(__name__)
+
+
+def normalise_phone(number: str, region: str = "GB") -> str:
+    """E.164 form of ``number`` (``"07700 900100"`` in GB -> ``"+447700900100"``)."""
+    try:
+        parsed = phonenumbers.parse(number, region)
+    except phonenumbers.NumberParseException as exc:
+        raise FloodwarnError(f"not a phone number: {mask_phone(number)} ({exc})") from None
+    if not phonenumbers.is_possible_number(parsed):
+        raise FloodwarnError(f"not a possible phone number: {mask_phone(number)}")
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+@dataclass(frozen=True)
+class Recipient:
+    id: int
+    phone: str  # E.164, decrypted; never log it, use mask_phone
+    language: str
+
+
+class PhoneVault:
+    """Encrypts, decrypts and hashes phone numbers with a key from the environment."""
+
+    def __init__(self, secret: str):
+        digest = hashlib.sha256(("floodwarn-fernet:" + secret).encode()).digest()
+        self._fernet = Fernet(base64.urlsafe_b64encode(digest))
+        self._hmac_key = hashlib.sha256(("floodwarn-lookup:" + secret).encode()).digest()
+
+    @classmethod
+    def from_env(cls) -> "PhoneVault":
+        secret = env_secret("FLOODWARN_SECRET_KEY")
+        if not secret:
+            raise ConfigError("FLOODWARN_SECRET_KEY: not set; subscribers' phone numbers are "
+                              "encrypted with it. export FLOODWARN_SECRET_KEY=<a long random "
+                              "string> (or FLOODWARN_SECRET_KEY_FILE=/path/to/file)")
+        return cls(secret)
+
+    def lookup_hash(self, e164: str) -> str:
+        return hmac.new(self._hmac_key, e164.encode(), hashlib.sha256).hexdigest()
+
+    def encrypt(self, e164: str) -> str:
+        return self._fernet.encrypt(e164.encode()).decode()
+
+    def decrypt(self, token: str) -> str:
+        try:
+            return self._fernet.decrypt(token.encode()).decode()
+        except InvalidToken:
+            raise ConfigError("FLOODWARN_SECRET_KEY: cannot decrypt stored phone numbers; the key "
+                              "differs from the one they were stored with") from None
+
+
+class SubscriberRegistry:
+    def __init__(self, store: Store, vault: PhoneVault, region: str = "GB"):
+        self.store = store
+        self.vault = vault
+        self.region = region
+
+    def add(self, phone: str, zones: list[str], language: str = "en",
+            consent_source: str = "unknown", consent_time: datetime | None = None) -> int:
+        e164 = normalise_phone(phone, self.region)
+        h = self.vault.lookup_hash(e164)
+        with self.store.session.begin() as s:
+            row = s.scalar(select(Subscriber).where(Subscriber.phone_hash == h))
+            if row is None:
+                row = Subscriber(phone_hash=h, phone_enc=self.vault.encrypt(e164), zones=zones,
+                                 language=language, consent_source=consent_source,
+                                 consent_time=consent_time or utcnow())
+                s.add(row)
+            else:
+                row.zones = sorted(set(row.zones) | set(zones))
+                row.language = language
+            s.flush()
+            log.info("subscriber %s added to %s", mask_phone(e164), ",".join(zones))
+            return row.id
+
+    def import_csv(self, path: Path) -> int:
+        """Import ``phone, zones (;-separated), language, consent_source`` rows."""
+        n = 0
+        with open(path, newline="") as fh:
+            for row in csv.DictReader(fh):
+                zones = [z.strip() for z in row["zones"].split(";") if z.strip()]
+                self.add(row["phone"], zones, row.get("language") or "en",
+                         row.get("consent_source") or f"import {path.name}")
+                n += 1
+        return n
+
+    def delete(self, phone: str) -> bool:
+        h = self.vault.lookup_hash(normalise_phone(phone, self.region))
+        with self.store.session.begin() as s:
+            return s.execute(delete(Subscriber).where(Subscriber.phone_hash == h)).rowcount == 1
+
+    def for_zone(self, zone: str) -> list[Recipient]:
+        with self.store.session() as s:
+            rows = s.scalars(select(Subscriber).where(Subscriber.opted_out_at.is_(None))
+                             .order_by(Subscriber.id)).all()
+        return [Recipient(r.id, self.vault.decrypt(r.phone_enc), r.language)
+                for r in rows if zone in r.zones]
+
+    def count(self) -> int:
+        with self.store.session() as s:
+            return len(s.scalars(select(Subscriber.id)).all())
