@@ -19,7 +19,7 @@ from alerts.cap import to_xml
 from alerts.channels import Channel, OutgoingMessage, get_channel, mask_phone
 from alerts.errors import DeliveryError
 from alerts.levels import ZoneState, decide
-from alerts.messages import render_sms
+from alerts.messages import render_sms, sms_context
 from alerts.notices import NoticeContext, ZoneInfo, build_notice
 
 from .config import Config
@@ -61,10 +61,6 @@ def _state_from_row(row: ZoneStateRow | None) -> ZoneState:
                      pending_count=row.pending_count, active=row.active)
 
 
-def _fmt_time(value: Any) -> str:
-    return value.strftime("%a %d %b %H:%M UTC") if isinstance(value, datetime) else ""
-
-
 def decide_and_notify(site: Site, cfg: Config, store: Store, at: datetime,
                       metrics: dict[str, dict[str, float]], details: dict[str, dict[str, Any]],
                       *, run_id: str, scope: str, drill: str | None, run_info: dict[str, str],
@@ -92,10 +88,11 @@ def decide_and_notify(site: Site, cfg: Config, store: Store, at: datetime,
             policy = cfg.zone_policy(zc)
             row = s.get(ZoneStateRow, (zone.code, scope))
             prev = _state_from_row(row)
-            d = decide(prev, metrics[zone.code], at, levels, policy)
+            d = decide(prev, metrics[zone.code], at, levels, policy, zone=zone.code)
+            by_rank = {lv.rank: lv for lv in levels}
             det = details[zone.code]
             record = {"zone": zone.code, "action": d.action, "previous": d.previous,
-                      "level": d.level, "level_name": levels[d.level - 1].name if d.level else "none",
+                      "level": d.level, "level_name": by_rank[d.level].name if d.level else "none",
                       "reasons": list(d.reasons), "at": at.isoformat()}
             store.audit(s, "decision", {**record, "metrics": _clean(metrics[zone.code]),
                                         "forecast": run_info, "thresholds": [
@@ -108,18 +105,16 @@ def decide_and_notify(site: Site, cfg: Config, store: Store, at: datetime,
                 s.add(row)
             chain = [(a, b, datetime.fromisoformat(c)) for a, b, c in (row.chain or [])]
             if d.changed:
-                level = levels[d.level - 1] if d.level else None
-                shown = level or levels[d.previous - 1]
+                level = by_rank.get(d.level)
+                shown = level or by_rank[d.previous]
                 identifier = f"{cfg.site.code}.{zone.code}.{at:%Y%m%dT%H%M}.{d.action}"
                 expiry = policy.expiry or timedelta(hours=12)
                 alert = build_notice(
                     d, ZoneInfo(zone.code, zone.name, zone.polygons), level, chain, ctx,
                     identifier=identifier, expires=at + expiry,
                     details={"peak_depth_m": round(metrics[zone.code]["forecast_peak_depth_m"], 2),
-                             "peak_time": _fmt_time(det.get("peak_time")),
-                             "onset": _fmt_time(det.get("onset")),
-                             "thresholds": "; ".join(f"{c.metric} {c.op} {c.value:g}"
-                                                     for c in shown.criteria)})
+                             "peak_time": det.get("peak_time") or "",
+                             "onset": det.get("onset") or ""})
                 path = cap_dir / f"{identifier}.xml"
                 path.write_bytes(to_xml(alert))
                 notices.append(str(path))
@@ -136,15 +131,14 @@ def decide_and_notify(site: Site, cfg: Config, store: Store, at: datetime,
                     vault = vault or PhoneVault.from_env()
                     registry = SubscriberRegistry(store, vault, cfg.subscribers.default_region)
                     for r in registry.for_zone(zone.code):
-                        body = render_sms(d.action, r.language, {
-                            "zone": zone.name, "level": (level or shown).title_for(r.language),
-                            "instruction": (level or shown).instruction_for(r.language) if level else "",
-                            "reasons": list(d.reasons),
-                            "peak_depth_m": metrics[zone.code]["forecast_peak_depth_m"],
-                            "peak_time": _fmt_time(det.get("peak_time")),
-                            "link": f"{cfg.notices.web_base}/notices/{identifier}.xml"},
-                            max_segments=cfg.channels.max_segments,
-                            exercise_marker=cfg.drill.exercise_marker if drill else None)
+                        sms_ctx = sms_context(
+                            d, levels, zone_name=zone.name, language=r.language,
+                            link=f"{cfg.notices.web_base}/notices/{identifier}.xml",
+                            peak_time=det.get("peak_time"),
+                            peak_depth_m=metrics[zone.code]["forecast_peak_depth_m"])
+                        body = render_sms(d.action, r.language, sms_ctx,
+                                          max_segments=cfg.channels.max_segments,
+                                          exercise_marker=cfg.drill.exercise_marker if drill else None)
                         s.add(OutboxRow(key=f"{identifier}:{r.id}:sms", alert_identifier=identifier,
                                         subscriber_id=r.id, channel="sms", body=body))
                         queued += 1

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import numpy as np
@@ -242,7 +242,6 @@ def zone_metrics(site: Site, cfg: Config, sim: Simulation, gauges, at: datetime
 
 
 def _dt(t: np.datetime64) -> datetime:
-    from datetime import timezone
     return datetime.fromtimestamp(int(t.astype("datetime64[s]").astype(np.int64)), tz=timezone.utc)
 
 
@@ -269,12 +268,16 @@ def run_cycle(site: Site, cfg: Config, store: Store, inputs: Inputs, at: datetim
     metrics, details, more = zone_metrics(site, cfg, sim, gauges, at)
     problems += more
     t2 = time.perf_counter()
+    sources = [f"rainfall forecast {issue.path.name} ({sim.members} member"
+               f"{'s' if sim.members > 1 else ''})"]
+    if inputs.gauges is not None:
+        sources.append(f"gauge readings {inputs.gauges.path.name} up to {at:%H:%M}Z")
     run_info = {
-        "floodwarn:modelRun": run_id,
-        "floodwarn:forecastIssued": issue.issued.isoformat(),
-        "floodwarn:forecastFile": issue.path.name,
-        "floodwarn:ensembleMembers": str(sim.members),
-        "floodwarn:models": "Priority-Flood+D8, SCS-CN, kinematic wave, HAND rating curves",
+        "model_run": run_id,
+        "forecast_issued": issue.issued.isoformat(timespec="minutes"),
+        "forecast_file": issue.path.name,
+        "data_sources": "; ".join(sources),
+        "models": "Priority-Flood + D8, SCS-CN, kinematic wave, HAND rating curves",
     }
     decisions, notices, queued = alerting.decide_and_notify(
         site, cfg, store, at, metrics, details, run_id=run_id, scope=scope, drill=drill,

@@ -235,7 +235,7 @@ class Site:
         rating = inundation.synthetic_rating_curves(
             np.nan_to_num(hand, nan=np.inf).astype(np.float32), reach_of_cell, length,
             reach_slope, m.manning_channel, self.cell_area, RATING_STAGES)
-        rating_q = np.asarray(rating[0] if isinstance(rating, tuple) else rating, dtype=np.float64)
+        rating_q = np.asarray(rating.discharge, dtype=np.float64)
         return Terrain(filled=filled.astype(np.float32), fdir=fdir, acc=acc, drainage=drainage,
                        reach=reach.astype(np.int32), reach_of_cell=reach_of_cell,
                        hand=hand.astype(np.float32), slope=slope.astype(np.float32),
