@@ -46,8 +46,8 @@ NY = NX = 256
 X0, Y0 = 600_000.0, 5_700_000.0  # upper-left corner (UTM 31N, about 51.4 N 4.4 E)
 T0 = datetime(2025, 11, 14, 0, 0, tzinfo=timezone.utc)  # storm day
 STORM_CENTRE_H = 15.0  # hours after T0 of the heaviest rain
-STORM_SIGMA_H = 3.5
-STORM_PEAK_MM_H = 19.0
+STORM_SIGMA_H = 4.0
+STORM_PEAK_MM_H = 24.0
 
 # Gauges: (id, name, row, col) on the generated channels
 GAUGES = [
@@ -73,7 +73,7 @@ def make_dem(rng: np.random.Generator) -> np.ndarray:
     d_main = np.abs(rows - river_row(cols)) * CELL  # m from the centreline
     bed = 40.0 - 0.0022 * cols * CELL  # 2.2 m/km down-valley
     bank = 1.4  # channel depth below the floodplain, m
-    plain_half = 360.0
+    plain_half = 300.0
     z_main = bed + bank + 0.0025 * d_main
     hills = d_main > plain_half
     z_main[hills] += 38.0 * np.tanh((d_main[hills] - plain_half) / 450.0) + 0.02 * (
@@ -127,21 +127,30 @@ def polygon_lonlat(rc: list[tuple[float, float]]) -> list[list[float]]:
     return ring + [ring[0]]
 
 
+def _along_river(c0: int, c1: int, near: float, far: float, n: int = 8) -> list[tuple[float, float]]:
+    """A band following the river from column c0 to c1, between ``near`` and ``far`` rows
+    from its centreline (positive: south bank)."""
+    cols = np.linspace(c0, c1, n)
+    rows = river_row(cols)
+    return [(float(r + near), float(c)) for r, c in zip(rows, cols)] + [
+        (float(r + far), float(c)) for r, c in zip(rows[::-1], cols[::-1])]
+
+
 ZONES = [
-    # code, name, polygon as (row, col) vertices (clockwise on the map)
-    ("MB-TOWN", "Millbrook Town", [(136, 150), (136, 205), (160, 205), (160, 150)]),
-    ("MB-WESTFORD", "Westford Meadows", [(112, 15), (112, 70), (128, 70), (128, 15)]),
-    ("SB-LANE", "Steep Beck Lane", [(60, 148), (60, 170), (110, 170), (110, 148)]),
+    # code, name, polygon as (row, col) vertices
+    ("MB-TOWN", "Millbrook Town", _along_river(150, 205, 4.0, 20.0)),
+    ("MB-WESTFORD", "Westford Meadows", _along_river(15, 70, -16.0, -4.0)),
+    ("SB-LANE", "Steep Beck Lane", [(60, 146), (60, 170), (108, 170), (108, 146)]),
     ("HILLTOP", "Hilltop Village", [(200, 80), (200, 120), (230, 120), (230, 80)]),
 ]
 
 
-def rect_mask(rc) -> np.ndarray:
-    rows = [r for r, _ in rc]
-    cols = [c for _, c in rc]
-    m = np.zeros((NY, NX), bool)
-    m[min(rows) : max(rows), min(cols) : max(cols)] = True
-    return m
+def zone_mask(rc) -> np.ndarray:
+    from matplotlib.path import Path as PolyPath
+
+    rows, cols = np.mgrid[0:NY, 0:NX]
+    pts = np.column_stack([rows.ravel() + 0.5, cols.ravel() + 0.5])
+    return PolyPath(rc).contains_points(pts).reshape(NY, NX)
 
 
 # ----------------------------------------------------------------------------- rain
@@ -179,11 +188,11 @@ def write_forecasts(rng: np.random.Generator) -> list[str]:
         old.unlink()
     names = []
     horizon = 36
-    for k in range(-4, 13):  # issues every 3 h from T0-12h to T0+36h
+    for k in range(-12, 13):  # issues every 3 h from T0-36h to T0+36h
         issue_h = 3.0 * k
         issue = T0 + timedelta(hours=issue_h)
         lead_to_peak = np.clip((STORM_CENTRE_H - issue_h) / 27.0, 0.0, 1.0)
-        amp = 1.0 - 0.40 * lead_to_peak  # far-ahead forecasts under-predict ...
+        amp = 1.0 - 0.50 * lead_to_peak  # far-ahead forecasts under-predict ...
         shift = 3.0 * lead_to_peak  # ... and are late
         hours = issue_h + np.arange(horizon, dtype=np.float64)
         ensemble = issue.hour % 6 == 0
@@ -253,12 +262,15 @@ def write_gauges(rng: np.random.Generator, dem: np.ndarray) -> list[dict]:
     cum = np.cumsum(truth * dt_h)
     gauges = []
     rows_out = []
-    specs = {"MB-WEST": (9.0, 4.0, 1.1), "MB-TOWN": (38.0, 5.0, 0.9), "SB-MILL": (4.5, 1.5, 0.8)}
+    specs = {"MB-WEST": (9.0, 2.0, 1.1), "MB-TOWN": (38.0, 3.0, 0.9), "SB-MILL": (4.5, 1.0, 0.8)}
     for gid, name, row, col in GAUGES:
+        # put the gauge on the channel: the lowest cell across the valley near the centreline
         if row is None:
-            row = int(round(river_row(np.array([float(col)]))[0]))
+            r_c = int(round(river_row(np.array([float(col)]))[0]))
+            row = r_c - 3 + int(np.argmin(dem[r_c - 3 : r_c + 4, col]))
         else:
-            col = int(round(beck_col(np.array([float(row)]))[0]))
+            c_c = int(round(beck_col(np.array([float(row)]))[0]))
+            col = c_c - 3 + int(np.argmin(dem[row, c_c - 3 : c_c + 4]))
         area_km2, lag_h, base = specs[gid]
         s = 25400.0 / 76.0 - 254.0
         q_cum = np.where(cum > 0.2 * s, (cum - 0.2 * s) ** 2 / (cum + 0.8 * s), 0.0)
@@ -304,7 +316,7 @@ def main() -> None:
                        predictor=3, **profile) as dst:
         dst.write(dem, 1)
         dst.update_tags(units="m", source="synthetic, sample_data/make_demo.py")
-    town = rect_mask(ZONES[0][2])
+    town = zone_mask(ZONES[0][2])
     with rasterio.open(OUT / "curve_number.tif", "w", dtype="uint8", nodata=0, **profile) as dst:
         dst.write(make_cn(dem, town), 1)
         dst.update_tags(units="1", meaning="SCS curve number, AMC II")

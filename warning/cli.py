@@ -20,7 +20,8 @@ from rich.table import Table
 from .errors import USER_ERRORS
 
 app = typer.Typer(help="floodwarn: public-led flood early warning (forecasts -> flood depth -> "
-                       "CAP notices and SMS).", no_args_is_help=True, add_completion=False)
+                       "CAP notices and SMS).", no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_show_locals=False)
 console = Console()
 err_console = Console(stderr=True)
 

@@ -117,6 +117,9 @@ class ModelConfig(_Model):
     reach_max_length_cells: int = Field(default=20, ge=2)
     manning_channel: float = Field(default=0.035, gt=0)
     manning_overland: float = Field(default=0.08, gt=0)
+    #: one reach-average n for channel and floodplain together in the synthetic rating
+    #: curves (NOAA OWP's HAND rating curves use one n per reach, calibrated)
+    manning_rating: float = Field(default=0.06, gt=0)
     channel_width_m: float = Field(default=12.0, gt=0)
     runoff_method: str = "scs_cn"
     initial_abstraction_ratio: Literal[0.2, 0.05] = 0.2
@@ -135,6 +138,8 @@ class LevelConfig(_Model):
     response_type: str
     sms: bool = True
     instruction: str = ""
+    #: title and instruction in other languages: { es = { title = "...", instruction = "..." } }
+    translations: dict[str, dict[Literal["title", "instruction"], str]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _cap_enums(self) -> "LevelConfig":
@@ -276,7 +281,7 @@ class Config(_Model):
                 name=lv.name, rank=rank, title=lv.title, colour=lv.colour, severity=lv.severity,
                 urgency=lv.urgency, certainty=lv.certainty, response_type=lv.response_type,
                 sms=lv.sms, criteria=th.criteria(), combine=th.combine,
-                instruction=lv.instruction))
+                instruction=lv.instruction, translations=lv.translations))
         return specs
 
     def zone_policy(self, zone: ZoneConfig) -> ZonePolicy:

@@ -293,7 +293,7 @@ def run_cycle(site: Site, cfg: Config, store: Store, inputs: Inputs, at: datetim
         run = s.get(Run, run_id)
         run.status = "done"
         run.finished = utcnow()
-        run.summary = {"metrics": _jsonable(metrics), "details": details,
+        run.summary = {"metrics": _jsonable(metrics), "details": _json_safe(details),
                        "problems": problems, "timings": timings,
                        "decisions": decisions}
     return CycleResult(run_id=run_id, at=at, forecast_issued=issue.issued,
@@ -305,6 +305,16 @@ def run_cycle(site: Site, cfg: Config, store: Store, inputs: Inputs, at: datetim
 def _jsonable(metrics: dict[str, dict[str, float]]) -> dict[str, dict[str, float | None]]:
     return {z: {k: (None if not np.isfinite(v) else round(float(v), 4)) for k, v in d.items()}
             for z, d in metrics.items()}
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, datetime):
+        return obj.isoformat()
+    return obj
 
 
 def cycle_times(start: datetime, end: datetime, every_hours: float) -> list[datetime]:

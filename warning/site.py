@@ -31,7 +31,7 @@ from .errors import ConfigError, IngestError
 
 log = logging.getLogger(__name__)
 
-TERRAIN_VERSION = 1
+TERRAIN_VERSION = 2
 #: stages of the synthetic rating curves, m above the channel bed (finer near the bed)
 RATING_STAGES = (np.linspace(0.0, 1.0, 41) ** 2 * 12.0).astype(np.float64)
 
@@ -157,7 +157,7 @@ class Site:
             self.gauges[g.id] = self._place_gauge(g.id, g.name, g.lon, g.lat, g.datum_m)
 
     def _place_gauge(self, gid: str, name: str, lon: float, lat: float, datum: float) -> GaugeSite:
-        """Snap a gauge to the channel cell of largest upstream area within 3 cells."""
+        """Snap a gauge to the nearest channel cell within 3 cells (ties: larger upstream area)."""
         xs, ys = warp_transform("EPSG:4326", self.crs, [lon], [lat])
         col, row = ~self.transform * (xs[0], ys[0])
         row, col = int(np.floor(row)), int(np.floor(col))
@@ -166,11 +166,14 @@ class Site:
         t = self.terrain
         r0, r1 = max(row - 3, 0), min(row + 4, self.ny)
         c0, c1 = max(col - 3, 0), min(col + 4, self.nx)
-        window = np.where(t.drainage[r0:r1, c0:c1], t.acc[r0:r1, c0:c1], -1.0)
-        if window.max() < 0:
+        rr, cc = np.mgrid[r0:r1, c0:c1]
+        dist = np.hypot(rr - row, cc - col)
+        acc = t.acc[r0:r1, c0:c1]
+        score = np.where(t.drainage[r0:r1, c0:c1], dist - acc / (acc.max() + 1.0) * 1e-3, np.inf)
+        if not np.isfinite(score).any():
             raise ConfigError(f"gauges: gauge {gid!r} is not within 3 cells of a channel; check its "
                               f"location or lower model.drainage_threshold_km2")
-        i, j = np.unravel_index(int(np.argmax(window)), window.shape)
+        i, j = np.unravel_index(int(np.argmin(score)), score.shape)
         r, c = r0 + int(i), c0 + int(j)
         return GaugeSite(gid, name, r, c, int(t.reach[r, c]), datum)
 
@@ -186,7 +189,7 @@ class Site:
         h = hashlib.sha256()
         h.update(np.ascontiguousarray(self.dem).tobytes())
         h.update(json.dumps([TERRAIN_VERSION, self.transform[:6], m.drainage_threshold_km2,
-                             m.reach_max_length_cells, m.manning_channel]).encode())
+                             m.reach_max_length_cells, m.manning_rating]).encode())
         return h.hexdigest()[:16]
 
     def cache_path(self) -> Path:
@@ -234,8 +237,11 @@ class Site:
         reach_slope = np.maximum(slope_sum / np.maximum(counts, 1.0), 1e-4)
         rating = inundation.synthetic_rating_curves(
             np.nan_to_num(hand, nan=np.inf).astype(np.float32), reach_of_cell, length,
-            reach_slope, m.manning_channel, self.cell_area, RATING_STAGES)
-        rating_q = np.asarray(rating.discharge, dtype=np.float64)
+            reach_slope, m.manning_rating, self.cell_area, RATING_STAGES)
+        # Manning on a reach-averaged section can dip where a flat floodplain wets (the
+        # wetted perimeter jumps before the area does); a running maximum keeps Q(stage)
+        # monotone so every discharge has one stage, the highest of the dip.
+        rating_q = np.maximum.accumulate(np.asarray(rating.discharge, dtype=np.float64), axis=1)
         return Terrain(filled=filled.astype(np.float32), fdir=fdir, acc=acc, drainage=drainage,
                        reach=reach.astype(np.int32), reach_of_cell=reach_of_cell,
                        hand=hand.astype(np.float32), slope=slope.astype(np.float32),

@@ -17,12 +17,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Protocol
 
+import h5netcdf
 import numpy as np
 import xarray as xr
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.errors import CRSError
 from rasterio.warp import Resampling, reproject
+from rasterio.warp import transform as warp_transform
+from xarray.coding.times import decode_cf_datetime
 
 from ..errors import IngestError
 
@@ -55,6 +58,7 @@ class NetcdfForecastSource:
         self.pattern = pattern
         self.variable = variable
         self.units = units
+        self._issue_cache: dict[tuple[Path, int], datetime] = {}
 
     # ------------------------------------------------------------------ catalogue
     def issues(self) -> list[ForecastIssue]:
@@ -62,10 +66,14 @@ class NetcdfForecastSource:
         files = [self.path] if self.path.is_file() else sorted(self.path.glob(self.pattern))
         out = []
         for f in files:
-            try:
-                out.append(ForecastIssue(self._issue_time(f), f))
-            except IngestError as exc:
-                log.warning("skipping forecast file: %s", exc)
+            key = (f, f.stat().st_mtime_ns)
+            if key not in self._issue_cache:
+                try:
+                    self._issue_cache[key] = self._issue_time(f)
+                except IngestError as exc:
+                    log.warning("skipping forecast file: %s", exc)
+                    continue
+            out.append(ForecastIssue(self._issue_cache[key], f))
         return sorted(out, key=lambda i: i.issued)
 
     def latest_before(self, at: datetime) -> ForecastIssue | None:
@@ -82,11 +90,22 @@ class NetcdfForecastSource:
             raise IngestError(f"{f}: not a readable NetCDF file ({type(exc).__name__}: {exc})") from None
 
     def _issue_time(self, f: Path) -> datetime:
-        with self._open(f) as ds:
-            if "forecast_reference_time" in ds:
-                return _as_utc(ds["forecast_reference_time"].values)
-            if "time" in ds.coords and ds["time"].size:
-                return _as_utc(ds["time"].values[0])
+        """Issue time from the file's CF time variables, read without opening it whole."""
+        try:
+            with h5netcdf.File(f, "r") as h:
+                for name in ("forecast_reference_time", "time"):
+                    if name in h.variables and np.prod(h.variables[name].shape) > 0:
+                        var = h.variables[name]
+                        units = var.attrs.get("units")
+                        calendar = var.attrs.get("calendar", "standard")
+                        raw = np.atleast_1d(var[...])[:1]
+                        if units is None:
+                            raise IngestError(f"{f}: {name} has no units attribute")
+                        return _as_utc(np.asarray(decode_cf_datetime(raw, units, calendar))[0])
+        except IngestError:
+            raise
+        except Exception as exc:  # h5py raises many types for corrupt files
+            raise IngestError(f"{f}: not a readable NetCDF file ({type(exc).__name__}: {exc})") from None
         raise IngestError(f"{f}: no forecast_reference_time and no time coordinate")
 
     # ------------------------------------------------------------------ reading
@@ -124,14 +143,16 @@ class NetcdfForecastSource:
                               f"check the variable and its units")
         src_transform = self._transform(da[xdim].values, da[ydim].values, f)
         nm, nt = data.shape[:2]
-        out = np.zeros((nm, nt, grid.ny, grid.nx), dtype=np.float32)
         src_res = abs(src_transform.a)
         coarser = grid.dx > src_res if src_crs.is_projected else False
-        for m in range(nm):
-            reproject(data[m], out[m], src_transform=src_transform, src_crs=src_crs,
-                      dst_transform=grid.transform, dst_crs=grid.crs, src_nodata=None,
-                      dst_nodata=np.nan,
-                      resampling=Resampling.average if coarser else Resampling.bilinear)
+        if coarser:  # the site grid is coarser: GDAL's area average conserves accumulations
+            out = np.zeros((nm, nt, grid.ny, grid.nx), dtype=np.float32)
+            for m in range(nm):
+                reproject(data[m], out[m], src_transform=src_transform, src_crs=src_crs,
+                          dst_transform=grid.transform, dst_crs=grid.crs, src_nodata=None,
+                          dst_nodata=np.nan, resampling=Resampling.average)
+        else:  # finer: bilinear, with the cell mapping computed once per pair of grids
+            out = _bilinear_regridder(src_transform, src_crs, data.shape[-2:], grid)(data)
         if np.isnan(out).any():
             frac = float(np.isnan(out[0, 0]).mean())
             raise IngestError(f"{f}: the forecast grid does not cover the site "
@@ -177,6 +198,58 @@ class NetcdfForecastSource:
         if not (np.allclose(dx, dx[0], rtol=1e-4) and np.allclose(dy, dy[0], rtol=1e-4)):
             raise IngestError(f"{f}: the forecast grid is not regular")
         return Affine(dx[0], 0.0, xs[0] - dx[0] / 2, 0.0, dy[0], ys[0] - dy[0] / 2)
+
+
+_REGRIDDERS: dict[tuple, "_Bilinear"] = {}
+
+
+class _Bilinear:
+    """Bilinear interpolation from a regular source grid to the site grid's cell centres.
+
+    rasterio's ``reproject`` (GDAL's warper) costs about 60 ns per output point and band,
+    and recomputes the mapping on every call; a forecast with 36 steps and 6 members on a
+    65 536-cell site needs 14 million of them per file. The source position of every site
+    cell is computed once here with ``rasterio.warp.transform``, after which each band is
+    four gathers and a weighted sum, about ten times faster, and identical to GDAL's
+    bilinear resampling for an upsampling (checked in tests against ``reproject``).
+    """
+
+    def __init__(self, src_transform: Affine, src_crs: CRS, src_shape: tuple[int, int], grid: GridSpec):
+        xs, ys = np.meshgrid(grid.x_coords, grid.y_coords)
+        sx, sy = warp_transform(grid.crs, src_crs, xs.ravel(), ys.ravel())
+        col, row = ~src_transform * (np.asarray(sx), np.asarray(sy))
+        col, row = np.asarray(col) - 0.5, np.asarray(row) - 0.5  # to cell-centre index space
+        ny, nx = src_shape
+        self.outside = (col < -0.5) | (col > nx - 0.5) | (row < -0.5) | (row > ny - 0.5)
+        col = np.clip(col, 0.0, nx - 1.0)
+        row = np.clip(row, 0.0, ny - 1.0)
+        c0 = np.minimum(np.floor(col).astype(np.int64), max(nx - 2, 0))
+        r0 = np.minimum(np.floor(row).astype(np.int64), max(ny - 2, 0))
+        fc = (col - c0).astype(np.float32)
+        fr = (row - r0).astype(np.float32)
+        c1 = np.minimum(c0 + 1, nx - 1)
+        r1 = np.minimum(r0 + 1, ny - 1)
+        self.idx = [r0 * nx + c0, r0 * nx + c1, r1 * nx + c0, r1 * nx + c1]
+        self.w = [(1 - fr) * (1 - fc), (1 - fr) * fc, fr * (1 - fc), fr * fc]
+        self.shape = (grid.ny, grid.nx)
+
+    def __call__(self, data: np.ndarray) -> np.ndarray:
+        lead = data.shape[:-2]
+        flat = data.reshape(lead + (-1,))
+        out = sum(flat[..., i] * w for i, w in zip(self.idx, self.w))
+        out[..., self.outside] = np.nan
+        return out.reshape(lead + self.shape).astype(np.float32)
+
+
+def _bilinear_regridder(src_transform: Affine, src_crs: CRS, src_shape: tuple[int, int],
+                        grid: GridSpec) -> _Bilinear:
+    key = (tuple(src_transform), src_crs.to_wkt(), tuple(src_shape), tuple(grid.transform),
+           grid.crs.to_wkt(), grid.ny, grid.nx)
+    if key not in _REGRIDDERS:
+        if len(_REGRIDDERS) > 8:
+            _REGRIDDERS.pop(next(iter(_REGRIDDERS)))
+        _REGRIDDERS[key] = _Bilinear(src_transform, src_crs, src_shape, grid)
+    return _REGRIDDERS[key]
 
 
 class GridSpec(Protocol):

@@ -1,0 +1,933 @@
+"""Terrain analysis on a raster DEM: depressions, D8 flow, accumulation, drainage, HAND.
+
+D8 encoding
+-----------
+Flow directions are ``uint8`` rasters in the ESRI / pysheds power-of-two code, with
+row 0 the northern edge of the grid (array row index grows southwards)::
+
+     32  64  128          NW   N   NE
+     16   .    1    =      W   .   E
+      8   4    2          SW   S   SE
+
+``0`` marks an outlet or pit (no strictly lower valid neighbour: the water leaves the
+model there) and ``255`` marks a nodata cell. Ties between equally steep neighbours go
+to the first in the order E, SE, S, SW, W, NW, N, NE. Flow towards a neighbour outside
+the grid or onto a nodata cell leaves the model.
+
+Flat indices are ``y * nx + x`` (C order) as ``int64``.
+
+All heavy work is done by private Numba kernels (``_*_numba``) on plain arrays; the
+public functions validate their inputs and raise :class:`models.errors.ModelError`.
+
+References
+----------
+Barnes, Lehman & Mulla (2014), Priority-Flood, Computers & Geosciences 62, 117-127.
+O'Callaghan & Mark (1984), The extraction of drainage networks from digital elevation
+data, CVGIP 28, 323-344.
+Nobre et al. (2011), Height Above the Nearest Drainage, J. Hydrol. 404, 13-29.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from numba import prange
+
+from models.errors import ModelError, as_2d, positive_scalar, same_shape
+
+__all__ = [
+    "D8_CODES",
+    "D8_ENCODING",
+    "d8_slope",
+    "downstream_index",
+    "drainage_network",
+    "fill_depressions",
+    "flow_accumulation_d8",
+    "flow_direction_d8",
+    "hand",
+    "label_reaches",
+    "nearest_drainage",
+    "reach_catchments",
+    "reach_properties",
+    "topological_order",
+]
+
+D8_ENCODING = "esri"
+#: codes in neighbour order E, SE, S, SW, W, NW, N, NE
+D8_CODES = (1, 2, 4, 8, 16, 32, 64, 128)
+D8_OUTLET = 0
+D8_NODATA = 255
+
+# neighbour offsets in the same order as D8_CODES (row 0 is north)
+_DR = np.array([0, 1, 1, 1, 0, -1, -1, -1], dtype=np.int64)
+_DC = np.array([1, 1, 0, -1, -1, -1, 0, 1], dtype=np.int64)
+_CODES = np.array(D8_CODES, dtype=np.uint8)
+# code -> neighbour index 0..7; -1 outlet (0), -2 nodata (255), -3 not a D8 code
+_CODE_TO_K = np.full(256, -3, dtype=np.int64)
+for _k, _c in enumerate(D8_CODES):
+    _CODE_TO_K[_c] = _k
+_CODE_TO_K[0] = -1
+_CODE_TO_K[255] = -2
+del _k, _c
+
+
+# --------------------------------------------------------------------------- helpers
+def _valid_mask(dem: np.ndarray, nodata) -> np.ndarray:
+    """Boolean mask of valid cells: not equal to ``nodata`` and, for floats, not NaN/inf."""
+    if dem.dtype.kind == "f":
+        valid = np.isfinite(dem)
+        if nodata is not None and not np.isnan(nodata):
+            valid &= dem != nodata
+    else:
+        if nodata is not None and np.isnan(float(nodata)):
+            raise ModelError(
+                f"nodata is NaN but the DEM has integer dtype {dem.dtype}; pass the integer "
+                "nodata value of the raster (e.g. -32768) or None."
+            )
+        valid = np.ones(dem.shape, dtype=bool) if nodata is None else dem != nodata
+    return valid
+
+
+def _check_fdir(fdir) -> np.ndarray:
+    fd = as_2d("fdir", fdir, kinds="iu")
+    if fd.dtype != np.uint8:
+        if fd.size and (fd.min() < 0 or fd.max() > 255):
+            raise ModelError(
+                "fdir holds values outside 0..255; it must use the ESRI D8 codes "
+                "(1,2,4,...,128, 0 = outlet, 255 = nodata). Map pysheds' -1/-2 to 0 first."
+            )
+        fd = fd.astype(np.uint8)
+    return np.ascontiguousarray(fd)
+
+
+def _check_mask(name: str, mask, shape) -> np.ndarray:
+    m = np.asarray(mask)
+    if m.shape != shape:
+        raise ModelError(f"{name} must have the grid's shape {shape}; got {m.shape}.")
+    if m.dtype != np.bool_:
+        if m.dtype.kind not in "biu":
+            raise ModelError(f"{name} must be a boolean mask; got dtype {m.dtype} (use acc >= threshold).")
+        m = m != 0
+    return np.ascontiguousarray(m)
+
+
+def _dy(dx: float, dy) -> tuple[float, float]:
+    dxv = positive_scalar("dx", dx)
+    dyv = dxv if dy is None else positive_scalar("dy", dy)
+    return dxv, dyv
+
+
+# --------------------------------------------------------------------------- kernels
+@numba.njit(cache=True)
+def _heap_push(hz, hk, size, z, key):
+    """Push (z, key) onto a binary min-heap stored in two arrays; return the new size.
+
+    ``key = counter << 32 | flat index``: comparing keys compares insertion counters,
+    so equal elevations leave the heap first-in first-out.
+    """
+    pos = size
+    while pos > 0:
+        parent = (pos - 1) >> 1
+        pz = hz[parent]
+        if z < pz or (z == pz and key < hk[parent]):
+            hz[pos] = pz
+            hk[pos] = hk[parent]
+            pos = parent
+        else:
+            break
+    hz[pos] = z
+    hk[pos] = key
+    return size + 1
+
+
+@numba.njit(cache=True)
+def _heap_pop(hz, hk, size):
+    """Remove the top of the heap (read it first from index 0); return the new size."""
+    size -= 1
+    z = hz[size]
+    key = hk[size]
+    pos = 0
+    while True:
+        child = 2 * pos + 1
+        if child >= size:
+            break
+        right = child + 1
+        if right < size and (hz[right] < hz[child] or (hz[right] == hz[child] and hk[right] < hk[child])):
+            child = right
+        cz = hz[child]
+        if cz < z or (cz == z and hk[child] < key):
+            hz[pos] = cz
+            hk[pos] = hk[child]
+            pos = child
+        else:
+            break
+    if size > 0:
+        hz[pos] = z
+        hk[pos] = key
+    return size
+
+
+_INDEX_MASK = np.int64(0xFFFFFFFF)
+
+
+@numba.njit(cache=True)
+def _fill_depressions_numba(z, valid, epsilon, inf):
+    """Priority-Flood (+pit queue; +epsilon) in place on ``z`` (2-D float array).
+
+    ``valid`` is a 2-D boolean mask; ``inf`` is +inf in ``z``'s dtype (for nextafter).
+    Seeds: valid grid-edge cells and valid cells with a nodata neighbour. The open
+    queue is a binary heap keyed on (elevation, insertion counter); raised cells go
+    through a FIFO pit queue (Barnes et al. 2014, Alg. 2 and 3). Grids must have fewer
+    than 2**31 cells (counter and index share one int64 key).
+    """
+    ny, nx = z.shape
+    n = ny * nx
+    zf = z.ravel()
+    vf = valid.ravel()
+    closed = np.empty(n, dtype=np.uint8)
+    has_nodata = False
+    for i in range(n):
+        if vf[i]:
+            closed[i] = 0
+        else:
+            closed[i] = 1
+            has_nodata = True
+    off = _DR * nx + _DC
+    hz = np.empty(n, dtype=z.dtype)
+    hk = np.empty(n, dtype=np.int64)
+    pit = np.empty(n, dtype=np.int64)
+    size = 0
+    cnt = 0
+    phead = 0
+    ptail = 0
+    for r in range(ny):
+        for c in range(nx):
+            i = r * nx + c
+            if not vf[i]:
+                continue
+            seed = r == 0 or r == ny - 1 or c == 0 or c == nx - 1
+            if has_nodata and not seed:
+                for k in range(8):
+                    if not vf[i + off[k]]:
+                        seed = True
+                        break
+            if seed:
+                size = _heap_push(hz, hk, size, zf[i], (cnt << 32) | i)
+                cnt += 1
+                closed[i] = 1
+    while size > 0 or phead < ptail:
+        if phead < ptail:
+            if epsilon and size > 0 and hz[0] == zf[pit[phead]]:
+                i = hk[0] & _INDEX_MASK
+                size = _heap_pop(hz, hk, size)
+            else:
+                i = pit[phead]
+                phead += 1
+        else:
+            i = hk[0] & _INDEX_MASK
+            size = _heap_pop(hz, hk, size)
+        zc = zf[i]
+        spill = np.nextafter(zc, inf) if epsilon else zc
+        r = i // nx
+        c = i - r * nx
+        interior = r > 0 and r < ny - 1 and c > 0 and c < nx - 1
+        for k in range(8):
+            if interior:
+                j = i + off[k]
+            else:
+                rr = r + _DR[k]
+                cc = c + _DC[k]
+                if rr < 0 or rr >= ny or cc < 0 or cc >= nx:
+                    continue
+                j = rr * nx + cc
+            if closed[j]:
+                continue
+            closed[j] = 1
+            if zf[j] <= spill:
+                zf[j] = spill
+                pit[ptail] = j
+                ptail += 1
+            else:
+                size = _heap_push(hz, hk, size, zf[j], (cnt << 32) | j)
+                cnt += 1
+    return z
+
+
+@numba.njit(cache=True, parallel=True, error_model="numpy")
+def _flow_direction_d8_numba(z, valid, dx, dy):
+    """Steepest-descent D8 codes (uint8) for a 2-D elevation array."""
+    ny, nx = z.shape
+    out = np.empty((ny, nx), dtype=np.uint8)
+    dd = math.sqrt(dx * dx + dy * dy)
+    dist = np.array([dx, dd, dy, dd, dx, dd, dy, dd])
+    for r in prange(ny):
+        inner_row = r > 0 and r < ny - 1
+        for c in range(nx):
+            if not valid[r, c]:
+                out[r, c] = 255
+                continue
+            zc = np.float64(z[r, c])
+            best = 0.0
+            code = 0
+            if inner_row and c > 0 and c < nx - 1:
+                for k in range(8):
+                    rr = r + _DR[k]
+                    cc = c + _DC[k]
+                    if not valid[rr, cc]:
+                        continue
+                    s = (zc - np.float64(z[rr, cc])) / dist[k]
+                    if s > best:
+                        best = s
+                        code = _CODES[k]
+            else:
+                for k in range(8):
+                    rr = r + _DR[k]
+                    cc = c + _DC[k]
+                    if rr < 0 or rr >= ny or cc < 0 or cc >= nx:
+                        continue
+                    if not valid[rr, cc]:
+                        continue
+                    s = (zc - np.float64(z[rr, cc])) / dist[k]
+                    if s > best:
+                        best = s
+                        code = _CODES[k]
+            out[r, c] = code
+    return out
+
+
+@numba.njit(cache=True, parallel=True)
+def _downstream_numba(fdir):
+    """Flat receiver index per cell (-1: outlet, off-grid, nodata) and bad-code count per row."""
+    ny, nx = fdir.shape
+    down = np.empty(ny * nx, dtype=np.int64)
+    bad = np.zeros(ny, dtype=np.int64)
+    for r in prange(ny):
+        for c in range(nx):
+            i = r * nx + c
+            k = _CODE_TO_K[fdir[r, c]]
+            if k < 0:
+                down[i] = -1
+                if k == -3:
+                    bad[r] += 1
+                continue
+            rr = r + _DR[k]
+            cc = c + _DC[k]
+            if rr < 0 or rr >= ny or cc < 0 or cc >= nx or fdir[rr, cc] == 255:
+                down[i] = -1
+            else:
+                down[i] = rr * nx + cc
+    return down, bad
+
+
+@numba.njit(cache=True)
+def _topological_order_numba(down, valid):
+    """Kahn ordering (upstream first) of the valid cells of a D8 graph given as receivers.
+
+    Returns (order, m); m < number of valid cells means the graph has a cycle.
+    """
+    n = down.size
+    indeg = np.zeros(n, dtype=np.uint8)
+    for i in range(n):
+        d = down[i]
+        if d >= 0:
+            indeg[d] += 1
+    order = np.empty(n, dtype=np.int64)
+    m = 0
+    for i in range(n):
+        if indeg[i] != 0 or not valid[i]:
+            continue
+        j = i
+        while True:
+            order[m] = j
+            m += 1
+            d = down[j]
+            if d < 0:
+                break
+            indeg[d] -= 1
+            if indeg[d] != 0:
+                break
+            indeg[d] = 255  # reached: never a start cell for the outer loop
+            j = d
+    return order[:m], m
+
+
+@numba.njit(cache=True)
+def _accumulate_numba(down, valid, acc):
+    """acc[receiver] += acc[cell] for every cell, upstream first (Kahn walk, in place).
+
+    Returns the number of cells visited; fewer than the valid cells means a cycle.
+    """
+    n = down.size
+    indeg = np.zeros(n, dtype=np.uint8)
+    for i in range(n):
+        d = down[i]
+        if d >= 0:
+            indeg[d] += 1
+    m = 0
+    for i in range(n):
+        if indeg[i] != 0 or not valid[i]:
+            continue
+        j = i
+        while True:
+            m += 1
+            d = down[j]
+            if d < 0:
+                break
+            acc[d] += acc[j]
+            indeg[d] -= 1
+            if indeg[d] != 0:
+                break
+            indeg[d] = 255  # reached: never a start cell for the outer loop
+            j = d
+    return m
+
+
+@numba.njit(cache=True)
+def _nearest_drainage_numba(order, down, drain):
+    """First drainage cell on each cell's flow path (-1 if none), walking order reversed."""
+    n = down.size
+    near = np.full(n, -1, dtype=np.int64)
+    for t in range(order.size - 1, -1, -1):
+        i = order[t]
+        if drain[i]:
+            near[i] = i
+        else:
+            d = down[i]
+            if d >= 0:
+                near[i] = near[d]
+    return near
+
+
+@numba.njit(cache=True)
+def _hand_numba(order, down, drain, z):
+    """HAND (float32): z - z[nearest drainage cell along the flow path]; NaN if none."""
+    n = down.size
+    near = np.full(n, -1, dtype=np.int64)
+    out = np.full(n, np.nan, dtype=np.float32)
+    for t in range(order.size - 1, -1, -1):
+        i = order[t]
+        if drain[i]:
+            near[i] = i
+            out[i] = 0.0
+        else:
+            d = down[i]
+            if d >= 0:
+                nd = near[d]
+                near[i] = nd
+                if nd >= 0:
+                    out[i] = np.float64(z[i]) - np.float64(z[nd])
+    return out
+
+
+@numba.njit(cache=True)
+def _label_reaches_numba(order, down, drain, max_length):
+    """Reach ids 1..n on drainage cells, in topological order; 0 elsewhere."""
+    n = down.size
+    inflow = np.zeros(n, dtype=np.uint8)
+    for t in range(order.size):
+        i = order[t]
+        if drain[i]:
+            d = down[i]
+            if d >= 0 and drain[d]:
+                inflow[d] += 1
+    label = np.zeros(n, dtype=np.int32)
+    length = np.zeros(n, dtype=np.int64)
+    nid = 0
+    for t in range(order.size):
+        i = order[t]
+        if not drain[i]:
+            continue
+        if label[i] == 0:
+            nid += 1
+            label[i] = nid
+            length[i] = 1
+        d = down[i]
+        if d >= 0 and drain[d] and inflow[d] == 1:
+            if max_length > 0 and length[i] >= max_length:
+                nid += 1
+                label[d] = nid
+                length[d] = 1
+            else:
+                label[d] = label[i]
+                length[d] = length[i] + 1
+    return label, nid
+
+
+@numba.njit(cache=True)
+def _flow_length_numba(fdir, dx, dy):
+    """Distance to the receiver along the D8 direction (m); outlets get (dx + dy) / 2."""
+    ny, nx = fdir.shape
+    dd = math.sqrt(dx * dx + dy * dy)
+    lengths = np.array([dx, dd, dy, dd, dx, dd, dy, dd])
+    out = np.empty(ny * nx, dtype=np.float64)
+    for r in range(ny):
+        for c in range(nx):
+            k = _CODE_TO_K[fdir[r, c]]
+            out[r * nx + c] = lengths[k] if k >= 0 else 0.5 * (dx + dy)
+    return out
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _d8_slope_numba(z, fdir, down, dx, dy, min_slope):
+    """Drop over distance to the receiver, >= min_slope; outlets take the steepest inflow."""
+    ny, nx = fdir.shape
+    n = ny * nx
+    length = _flow_length_numba(fdir, dx, dy)
+    zf = z.ravel()
+    ff = fdir.ravel()
+    out = np.full(n, np.nan, dtype=np.float64)
+    for i in range(n):
+        d = down[i]
+        if d >= 0:
+            s = (np.float64(zf[i]) - np.float64(zf[d])) / length[i]
+            out[i] = max(min_slope, s)
+    for i in range(n):
+        d = down[i]
+        if d >= 0 and down[d] < 0 and not (out[d] >= out[i]):
+            out[d] = out[i]
+    for i in range(n):
+        if ff[i] != 255 and not (out[i] >= min_slope):
+            out[i] = min_slope
+    return out.astype(np.float32)
+
+
+@numba.njit(cache=True)
+def _reach_properties_numba(order, down, reaches, z, length, nreach):
+    """Per-reach channel length (m) and elevation drop (m) along the reach's cells."""
+    total = np.zeros(nreach + 1, dtype=np.float64)
+    ztop = np.full(nreach + 1, -np.inf, dtype=np.float64)
+    zbot = np.full(nreach + 1, np.inf, dtype=np.float64)
+    for t in range(order.size):
+        i = order[t]
+        r = reaches[i]
+        if r <= 0:
+            continue
+        total[r] += length[i]
+        zi = np.float64(z[i])
+        ztop[r] = max(ztop[r], zi)
+        d = down[i]
+        zend = np.float64(z[d]) if d >= 0 else zi
+        zbot[r] = min(zbot[r], zend)
+    drop = np.zeros(nreach + 1, dtype=np.float64)
+    for r in range(1, nreach + 1):
+        if total[r] > 0.0:
+            drop[r] = ztop[r] - zbot[r]
+    return total, drop
+
+
+# --------------------------------------------------------------------------- public API
+def fill_depressions(dem, nodata=None, epsilon: bool = False) -> np.ndarray:
+    """Fill depressions with Priority-Flood (Barnes et al. 2014), 8-connected.
+
+    Without ``epsilon`` this is Algorithm 2 (priority queue + pit queue): every cell is
+    raised to the lowest level at which it can spill to an outlet, so depressions become
+    flats. With ``epsilon`` it is Algorithm 3: cells that would be raised to (or already
+    lie at) the level of the cell they were reached from are set to ``np.nextafter`` of
+    it, so every cell that is not an outlet has a strictly lower neighbour on its way to
+    an outlet (no flats to resolve afterwards).
+
+    Outlets (the queue's seeds) are the valid cells on the grid edge and every valid
+    cell next to a nodata cell: water drains into nodata as it does off the grid edge.
+
+    Parameters
+    ----------
+    dem : ndarray (y, x), m
+        Elevations, float32, float64 or integer.
+    nodata : float or int, optional
+        Value marking missing cells. For float DEMs NaN is always treated as nodata.
+    epsilon : bool
+        Use Priority-Flood+epsilon: depressions and flats are raised by one float ULP
+        per cell away from the outlet, so every cell drains strictly downhill. Integer
+        DEMs are returned as float64 in that case.
+
+    Returns
+    -------
+    filled : ndarray (y, x), m
+        Same dtype as a float input; integer input keeps its dtype without ``epsilon``
+        and becomes float64 with it. Nodata cells keep the nodata value.
+
+    Raises
+    ------
+    ModelError
+        If ``dem`` is not a 2-D numeric array.
+    """
+    a = as_2d("dem", dem, kinds="fiu")
+    if a.size >= 2**31:
+        raise ModelError(
+            f"dem has {a.size} cells; fill_depressions handles up to 2**31 - 1 cells per call. "
+            "Split the grid by drainage basin (see DESIGN.md, Scale)."
+        )
+    valid = np.ascontiguousarray(_valid_mask(a, nodata))
+    if a.dtype.kind == "f" and a.dtype in (np.float32, np.float64):
+        work = np.array(a, dtype=a.dtype, order="C", copy=True)
+        out_dtype = a.dtype
+    elif a.dtype.kind == "f":
+        raise ModelError(f"dem has dtype {a.dtype}; convert it to float32 or float64.")
+    else:
+        # integer DEM: every filled value is a copy of an input value (exact in float64
+        # up to 2**53) unless epsilon adds ULPs, which needs a float result
+        if np.abs(a).max(initial=0) > 2**53:
+            raise ModelError("integer dem has values beyond 2**53; convert it to float64 first.")
+        work = np.ascontiguousarray(a, dtype=np.float64).copy()
+        out_dtype = np.dtype(np.float64) if epsilon else a.dtype
+    work = _fill_depressions_numba(work, valid, bool(epsilon), work.dtype.type(np.inf))
+    if out_dtype != work.dtype:
+        work = work.astype(out_dtype)
+    if not valid.all():
+        work[~valid] = a[~valid]
+    return work
+
+
+def flow_direction_d8(filled, nodata=None, dx: float = 1.0, dy: float | None = None) -> np.ndarray:
+    """D8 flow directions by steepest descent (O'Callaghan & Mark 1984, pysheds' rule).
+
+    Each valid cell points to the valid neighbour maximising drop / distance, with
+    distances ``dx`` (E, W), ``dy`` (N, S) and ``sqrt(dx**2 + dy**2)`` (diagonals). Only
+    strictly lower neighbours count; ties go to the first in E, SE, S, SW, W, NW, N, NE.
+
+    A cell with no strictly lower valid neighbour gets 0 (outlet/pit). That covers true
+    pits, flats of a filled DEM, grid-edge cells with no lower neighbour inside the grid
+    and, by choice, valid cells next to nodata with no lower valid neighbour: they do not
+    point into the nodata cell, they are outlets (code 0) themselves.
+
+    Parameters
+    ----------
+    filled : ndarray (y, x), m
+        Depression-filled elevations (use ``fill_depressions(..., epsilon=True)`` to avoid
+        flats).
+    nodata : float or int, optional
+        Nodata value of ``filled`` (NaN is always nodata for float input).
+    dx, dy : float, m (or the raster's units)
+        Cell size along x and y; ``dy`` defaults to ``dx``.
+
+    Returns
+    -------
+    fdir : ndarray (y, x) uint8
+        ESRI D8 codes (see the module docstring), 0 outlet/pit, 255 nodata.
+    """
+    a = as_2d("filled", filled, kinds="fiu")
+    dxv, dyv = _dy(dx, dy)
+    valid = np.ascontiguousarray(_valid_mask(a, nodata))
+    if a.dtype not in (np.float32, np.float64):
+        a = a.astype(np.float64)
+    return _flow_direction_d8_numba(np.ascontiguousarray(a), valid, dxv, dyv)
+
+
+def downstream_index(fdir) -> np.ndarray:
+    """Flat index of each cell's receiver.
+
+    Parameters
+    ----------
+    fdir : ndarray (y, x) uint8
+        ESRI D8 codes.
+
+    Returns
+    -------
+    down : ndarray (y, x) int64
+        ``y * nx + x`` of the receiving cell; -1 for outlets (0), nodata (255) and flow
+        that leaves the grid or enters a nodata cell.
+    """
+    fd = _check_fdir(fdir)
+    return _downstream(fd).reshape(fd.shape)
+
+
+def _downstream(fd: np.ndarray) -> np.ndarray:
+    down, bad = _downstream_numba(fd)
+    nbad = int(bad.sum())
+    if nbad:
+        vals = np.setdiff1d(np.unique(fd), np.array([0, 255, *D8_CODES], dtype=np.uint8))
+        raise ModelError(
+            f"fdir has {nbad} cells with codes that are not ESRI D8 codes (e.g. {vals[:5].tolist()}); "
+            "use 1,2,4,...,128 with 0 = outlet and 255 = nodata (see models.terrain)."
+        )
+    return down
+
+
+def _check_visited(m: int, valid: np.ndarray) -> None:
+    nvalid = int(np.count_nonzero(valid))
+    if m != nvalid:
+        raise ModelError(
+            f"fdir contains flow cycles ({nvalid - m} cells never reach an outlet); "
+            "recompute it with flow_direction_d8 on a filled DEM."
+        )
+
+
+def _order(fd: np.ndarray, down: np.ndarray) -> np.ndarray:
+    valid = (fd != 255).ravel()
+    order, m = _topological_order_numba(down, valid)
+    _check_visited(m, valid)
+    return order
+
+
+def topological_order(fdir) -> np.ndarray:
+    """Valid cells ordered so that every cell comes after all cells upstream of it.
+
+    Parameters
+    ----------
+    fdir : ndarray (y, x) uint8
+        ESRI D8 codes.
+
+    Returns
+    -------
+    order : ndarray (n_valid,) int64
+        Flat indices ``y * nx + x``. Reversed, it lists every cell after its receiver.
+
+    Raises
+    ------
+    ModelError
+        If ``fdir`` has invalid codes or a flow cycle.
+    """
+    fd = _check_fdir(fdir)
+    return _order(fd, _downstream(fd))
+
+
+def flow_accumulation_d8(fdir, weights=None) -> np.ndarray:
+    """Upstream cell count (the cell itself included) or upstream sum of ``weights``.
+
+    Parameters
+    ----------
+    fdir : ndarray (y, x) uint8
+        ESRI D8 codes.
+    weights : ndarray (y, x), optional
+        Any per-cell quantity (e.g. runoff m3/s, area m2). NaN weights propagate.
+
+    Returns
+    -------
+    acc : ndarray (y, x) float64
+        Count (cells) or sum (units of ``weights``); NaN on nodata cells. Flow to a
+        neighbour outside the grid or onto nodata leaves the model.
+    """
+    fd = _check_fdir(fdir)
+    down = _downstream(fd)
+    valid = fd != 255
+    if weights is None:
+        acc = valid.astype(np.float64).ravel()
+    else:
+        w = np.asarray(weights)
+        same_shape("weights", w, "fdir", fd)
+        if w.dtype.kind not in "fiub":
+            raise ModelError(f"weights must be numeric; got dtype {w.dtype}.")
+        acc = np.where(valid, w, 0.0).astype(np.float64).ravel()
+    m = _accumulate_numba(down, valid.ravel(), acc)
+    _check_visited(m, valid)
+    acc = acc.reshape(fd.shape)
+    if not valid.all():
+        acc[~valid] = np.nan
+    return acc
+
+
+def drainage_network(acc, threshold: float) -> np.ndarray:
+    """Channel mask: cells whose accumulation reaches ``threshold``.
+
+    Parameters
+    ----------
+    acc : ndarray (y, x), cells (or units of the accumulated weights)
+    threshold : float, same units as ``acc``
+
+    Returns
+    -------
+    drainage : ndarray (y, x) bool
+        ``acc >= threshold`` (False where ``acc`` is NaN).
+    """
+    a = as_2d("acc", acc, kinds="fiu")
+    thr = float(threshold)
+    if not np.isfinite(thr):
+        raise ModelError(f"threshold must be a finite number; got {threshold!r}.")
+    with np.errstate(invalid="ignore"):
+        return a >= thr
+
+
+def label_reaches(fdir, drainage, max_length: int | None = None) -> np.ndarray:
+    """Split the drainage network into reaches and number them 1..n.
+
+    A reach starts at a channel head (a drainage cell with no drainage cell flowing in)
+    or at a confluence cell (a drainage cell with two or more drainage cells flowing
+    in) and runs downstream until the next confluence or the outlet. With
+    ``max_length`` a reach is also split every ``max_length`` cells. Ids are assigned
+    in topological order (upstream reaches first).
+
+    Parameters
+    ----------
+    fdir : ndarray (y, x) uint8
+        ESRI D8 codes.
+    drainage : ndarray (y, x) bool
+        Channel cells (e.g. ``drainage_network(acc, threshold)``).
+    max_length : int, optional, cells
+        Longest reach; None for no limit.
+
+    Returns
+    -------
+    reaches : ndarray (y, x) int32
+        Reach id on drainage cells, 0 elsewhere.
+    """
+    fd = _check_fdir(fdir)
+    drain = _check_mask("drainage", drainage, fd.shape) & (fd != 255)
+    if max_length is None:
+        ml = 0
+    else:
+        if int(max_length) != max_length or max_length < 1:
+            raise ModelError(f"max_length must be a whole number of cells >= 1 or None; got {max_length!r}.")
+        ml = int(max_length)
+    down = _downstream(fd)
+    order = _order(fd, down)
+    label, _ = _label_reaches_numba(order, down, drain.ravel(), ml)
+    return label.reshape(fd.shape)
+
+
+def nearest_drainage(fdir, drainage) -> np.ndarray:
+    """First drainage cell reached along each cell's D8 flow path.
+
+    Parameters
+    ----------
+    fdir : ndarray (y, x) uint8
+        ESRI D8 codes.
+    drainage : ndarray (y, x) bool
+        Channel cells.
+
+    Returns
+    -------
+    nearest : ndarray (y, x) int64
+        Flat index of that cell (the cell itself if it is drainage), -1 if the path
+        leaves the model without meeting the network, and on nodata cells.
+    """
+    fd = _check_fdir(fdir)
+    drain = _check_mask("drainage", drainage, fd.shape) & (fd != 255)
+    down = _downstream(fd)
+    order = _order(fd, down)
+    return _nearest_drainage_numba(order, down, drain.ravel()).reshape(fd.shape)
+
+
+def reach_catchments(fdir, reaches) -> np.ndarray:
+    """Reach id of the drainage cell each cell drains to (its HAND reference cell).
+
+    Parameters
+    ----------
+    fdir : ndarray (y, x) uint8
+        ESRI D8 codes.
+    reaches : ndarray (y, x) int32
+        Reach ids on drainage cells, 0 elsewhere (from :func:`label_reaches`).
+
+    Returns
+    -------
+    reach_of_cell : ndarray (y, x) int32
+        0 where no drainage cell is reached, and on nodata.
+    """
+    fd = _check_fdir(fdir)
+    rc = as_2d("reaches", reaches, kinds="iu")
+    same_shape("reaches", rc, "fdir", fd)
+    if rc.size and rc.min() < 0:
+        raise ModelError("reaches must be >= 0 (0 = not a channel cell); use label_reaches.")
+    near = nearest_drainage(fd, rc > 0).ravel()
+    flat = rc.ravel().astype(np.int32)
+    out = np.where(near >= 0, flat[np.maximum(near, 0)], 0).astype(np.int32)
+    return out.reshape(fd.shape)
+
+
+def reach_properties(reaches, fdir, filled, dx: float = 1.0, dy: float | None = None,
+                     min_slope: float = 1e-4) -> tuple[np.ndarray, np.ndarray]:
+    """Channel length and mean bed slope of every reach.
+
+    Parameters
+    ----------
+    reaches : ndarray (y, x) int32
+        Reach ids on drainage cells (0 elsewhere).
+    fdir : ndarray (y, x) uint8
+        ESRI D8 codes.
+    filled : ndarray (y, x), m
+        Filled elevations.
+    dx, dy : float, m
+        Cell sizes (``dy`` defaults to ``dx``).
+    min_slope : float, m/m
+        Lower bound of the returned slope.
+
+    Returns
+    -------
+    length : ndarray (n_reach + 1,) float64, m
+        Sum of the D8 flow lengths of the reach's cells (index = reach id, [0] unused = 0).
+    slope : ndarray (n_reach + 1,) float64, m/m
+        Drop from the reach's highest cell to the cell below its last cell, divided by
+        ``length``; at least ``min_slope`` ([0] = ``min_slope``).
+    """
+    fd = _check_fdir(fdir)
+    rc = as_2d("reaches", reaches, kinds="iu")
+    z = as_2d("filled", filled, kinds="fiu")
+    same_shape("reaches", rc, "fdir", fd)
+    same_shape("filled", z, "fdir", fd)
+    dxv, dyv = _dy(dx, dy)
+    nreach = int(rc.max(initial=0))
+    down = _downstream(fd)
+    order = _order(fd, down)
+    length = _flow_length_numba(fd, dxv, dyv)
+    zz = np.ascontiguousarray(z, dtype=np.float64).ravel()
+    rr = np.where(fd != 255, rc, 0).astype(np.int64).ravel()
+    total, drop = _reach_properties_numba(order, down, rr, zz, length, nreach)
+    slope = np.full(nreach + 1, float(min_slope))
+    ok = total > 0
+    slope[ok] = np.maximum(drop[ok] / total[ok], float(min_slope))
+    return total, slope
+
+
+def hand(filled, fdir, drainage) -> np.ndarray:
+    """Height Above the Nearest Drainage (Nobre et al. 2011).
+
+    ``HAND[c] = filled[c] - filled[d]`` where ``d`` is the first drainage cell on the D8
+    flow path from ``c``. One pass over the cells in reversed topological order (O(n)).
+
+    Parameters
+    ----------
+    filled : ndarray (y, x), m
+        Depression-filled elevations (the DEM the flow directions came from).
+    fdir : ndarray (y, x) uint8
+        ESRI D8 codes.
+    drainage : ndarray (y, x) bool
+        Channel cells.
+
+    Returns
+    -------
+    hand : ndarray (y, x) float32, m
+        0 on drainage cells; NaN where no drainage cell is reached and on nodata.
+    """
+    fd = _check_fdir(fdir)
+    z = as_2d("filled", filled, kinds="fiu")
+    same_shape("filled", z, "fdir", fd)
+    drain = _check_mask("drainage", drainage, fd.shape) & (fd != 255)
+    if z.dtype not in (np.float32, np.float64):
+        z = z.astype(np.float64)
+    down = _downstream(fd)
+    order = _order(fd, down)
+    out = _hand_numba(order, down, drain.ravel(), np.ascontiguousarray(z).ravel())
+    return out.reshape(fd.shape)
+
+
+def d8_slope(filled, fdir, dx: float = 1.0, dy: float | None = None, min_slope: float = 1e-4) -> np.ndarray:
+    """Bed slope along the D8 direction: drop / distance to the receiver.
+
+    Parameters
+    ----------
+    filled : ndarray (y, x), m
+        Filled elevations.
+    fdir : ndarray (y, x) uint8
+        ESRI D8 codes.
+    dx, dy : float, m
+        Cell sizes (``dy`` defaults to ``dx``).
+    min_slope : float, m/m
+        Lower bound (flats of a filled DEM would otherwise give 0).
+
+    Returns
+    -------
+    slope : ndarray (y, x) float32, m/m
+        At least ``min_slope``. Cells without a receiver (outlets, pits, flow off the
+        grid) take the steepest slope of the cells draining into them, or ``min_slope``
+        if none. NaN on nodata.
+    """
+    fd = _check_fdir(fdir)
+    z = as_2d("filled", filled, kinds="fiu")
+    same_shape("filled", z, "fdir", fd)
+    dxv, dyv = _dy(dx, dy)
+    ms = positive_scalar("min_slope", min_slope)
+    down = _downstream(fd)
+    if z.dtype not in (np.float32, np.float64):
+        z = z.astype(np.float64)
+    return _d8_slope_numba(np.ascontiguousarray(z), fd, down, dxv, dyv, ms).reshape(fd.shape)
