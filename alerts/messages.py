@@ -238,6 +238,9 @@ def _variants(ctx: dict[str, Any]) -> Iterator[dict[str, Any]]:
         if key not in seen:
             seen.add(key)
             yield variant
+    if ctx.get("previous_level_title"):
+        # last resort before going over: drop the previous level of a lowering
+        yield dict(variant, previous_level_title=None)
 
 
 def render_sms(

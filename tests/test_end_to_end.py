@@ -64,7 +64,7 @@ def test_every_cap_notice_validates_and_references_its_chain(demo):
         schema.validate(str(f))
         alert = parse_cap(f.read_bytes())
         assert alert.status == "Exercise" and cfg.drill.name in (alert.note or "")
-        zone = alert.identifier.split(".")[1]
+        zone = alert.identifier.split(".")[0]
         earlier = chains.setdefault(zone, [])
         if alert.msg_type == "Alert":
             assert earlier == [] and not alert.references
@@ -100,7 +100,7 @@ def test_audit_log_holds_every_decision_with_its_inputs(demo):
     assert len(rows) == len(result.cycles) * len(cfg.zones)
     detail = json.loads(rows[0][1])
     assert {"metrics", "thresholds", "forecast", "reasons"} <= set(detail)
-    assert detail["forecast"]["floodwarn:forecastFile"].startswith("rain_")
+    assert detail["forecast"]["forecast_file"].startswith("rain_")
     stored = con.execute("select count(*) from subscribers where phone_enc like '%7700900%'").fetchone()
     assert stored == (0,)  # encrypted at rest
 

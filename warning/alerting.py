@@ -107,7 +107,8 @@ def decide_and_notify(site: Site, cfg: Config, store: Store, at: datetime,
             if d.changed:
                 level = by_rank.get(d.level)
                 shown = level or by_rank[d.previous]
-                identifier = f"{cfg.site.code}.{zone.code}.{at:%Y%m%dT%H%M}.{d.action}"
+                # unique per sender: one decision per zone and cycle, drills apart
+                identifier = f"{zone.code}.{at:%Y%m%dT%H%M}{'.drill' if drill else ''}"
                 expiry = policy.expiry or timedelta(hours=12)
                 alert = build_notice(
                     d, ZoneInfo(zone.code, zone.name, zone.polygons), level, chain, ctx,

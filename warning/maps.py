@@ -45,7 +45,7 @@ def peak_depth_map(site: Site, depth: np.ndarray, path: Path, *, title: str,
         handles.append(Patch(fc="none", ec=colour, lw=2,
                              label=f"{zone.name}: {zone_levels.get(zone.code, 'no warning')}"))
     for g in site.gauges.values():
-        x, y = site.transform * (g.col + 0.5, g.row + 0.5)
+        x, y = site.transform @ (g.col + 0.5, g.row + 0.5)
         ax.plot(x, y, "v", color="crimson", ms=7, mec="white")
         ax.text(x + 60, y, g.id, fontsize=7, color="crimson")
     cb = fig.colorbar(im, ax=ax, shrink=0.7)

@@ -159,7 +159,7 @@ class Site:
     def _place_gauge(self, gid: str, name: str, lon: float, lat: float, datum: float) -> GaugeSite:
         """Snap a gauge to the nearest channel cell within 3 cells (ties: larger upstream area)."""
         xs, ys = warp_transform("EPSG:4326", self.crs, [lon], [lat])
-        col, row = ~self.transform * (xs[0], ys[0])
+        col, row = ~self.transform @ (xs[0], ys[0])
         row, col = int(np.floor(row)), int(np.floor(col))
         if not (0 <= row < self.ny and 0 <= col < self.nx):
             raise ConfigError(f"gauges: gauge {gid!r} at {lat:.5f}, {lon:.5f} is outside the site grid")

@@ -161,12 +161,17 @@ def test_spanish_all_clear_and_lower():
     body = render_sms("all_clear", "es", {"zone": "Riverside", "link": LINK})
     assert body.startswith("El aviso de inundación para Riverside ya no está en vigor.")
     assert "Motivo: ya no se esperan inundaciones aquí." in body
-    body = render_sms("lower", "es", dict(CONTEXT, level_title="Alerta por inundación",
-                                          previous_level_title="Aviso de inundación"))
+    lower = dict(CONTEXT, level_title="Alerta por inundación",
+                 previous_level_title="Aviso de inundación")
+    body = render_sms("lower", "es", lower, max_segments=5)
     assert body.startswith(
         "El aviso de inundación para Riverside baja a ALERTA POR INUNDACIÓN "
         "(antes: Aviso de inundación)."
     )
+    # when even the shortest wording is too long, the previous level goes before the limit
+    tight = render_sms("lower", "es", lower, max_segments=3)
+    assert "(antes:" not in tight
+    assert sms_segments(tight).segments < sms_segments(body).segments
 
 
 @pytest.mark.parametrize(

@@ -38,7 +38,7 @@ def test_several_problems_reported_at_once_with_key_paths(tmp_path):
     def edit(t):
         t = t.replace('severity = "Extreme"', 'severity = "Catastrophic"')
         t = t.replace("spinup_hours = 36", "spinup_hours = -5")
-        t = t.replace('"forecast_peak_depth_m >= 0.40"', '"peak_depth >= 0.40"')
+        t = t.replace('"forecast_peak_depth_m >= 0.50"', '"peak_depth >= 0.50"', 1)
         t = t.replace('gauge = "MB-WEST"', 'gauge = "NO-SUCH-GAUGE"')
         t = t.replace("[channels]", "[channels]\nsms_providr = 'x'")
         return t

@@ -78,7 +78,7 @@ def test_run_twice_reuses_terrain_and_sends_nothing_new(subscribed, tmp_path):
     assert second.exit_code == 0, second.output
     assert cache[0].stat().st_mtime == mtime  # computed once per site
     lines = (cfg.output_dir / "sms.jsonl").read_text().splitlines()
-    first_count = len([x for x in lines if json.loads(x)["key"].split(".")[2] == "20251114T1600"])
+    first_count = len([x for x in lines if json.loads(x)["key"].split(".")[1] == "20251114T1600"])
     assert first_count == len(lines)  # the level held: no second round of messages
 
 

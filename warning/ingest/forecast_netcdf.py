@@ -217,7 +217,7 @@ class _Bilinear:
     def __init__(self, src_transform: Affine, src_crs: CRS, src_shape: tuple[int, int], grid: GridSpec):
         xs, ys = np.meshgrid(grid.x_coords, grid.y_coords)
         sx, sy = warp_transform(grid.crs, src_crs, xs.ravel(), ys.ravel())
-        col, row = ~src_transform * (np.asarray(sx), np.asarray(sy))
+        col, row = ~src_transform @ (np.asarray(sx), np.asarray(sy))
         col, row = np.asarray(col) - 0.5, np.asarray(row) - 0.5  # to cell-centre index space
         ny, nx = src_shape
         self.outside = (col < -0.5) | (col > nx - 0.5) | (row < -0.5) | (row > ny - 0.5)
