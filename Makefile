@@ -23,6 +23,7 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 	@touch $@
 
 demo: $(VENV)/.installed
+	$(VENV)/bin/floodwarn prepare --config config/demo.toml
 	$(VENV)/bin/floodwarn demo --config config/demo.toml
 
 test: $(VENV)/.installed-test

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any, Callable
@@ -69,17 +70,24 @@ def check_config(path: Annotated[Path, typer.Argument(help="the TOML file to che
 @_friendly
 def prepare(config: ConfigOpt, force: bool = typer.Option(False, help="recompute even if cached"),
             verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
-    """Compute the site's terrain products (fill, D8, accumulation, HAND) and cache them."""
+    """Prepare a site: compute and cache its terrain products, compile the model kernels."""
     from .config import load_config
+    from .pipeline import warm_up
     from .site import Site
 
     _setup_logging(verbose)
     cfg = load_config(config)
-    with console.status("preparing terrain"):
+    with console.status("preparing terrain (fill, D8, accumulation, HAND, rating curves)"):
+        t0 = time.perf_counter()
         site = Site.load(cfg)
         t = site.prepare(force=force)
-    console.print(f"terrain ready: {site.ny} x {site.nx} cells, {int(t.drainage.sum())} channel "
-                  f"cells in {t.n_reach} reaches; cache {site.cache_path()}")
+        took = time.perf_counter() - t0
+    console.print(f"terrain ready in {took:.1f} s: {site.ny} x {site.nx} cells, "
+                  f"{int(t.drainage.sum())} channel cells in {t.n_reach} reaches; "
+                  f"cached in {site.cache_path()}")
+    with console.status("compiling the model kernels (Numba; cached for later runs)"):
+        took = warm_up(site, cfg)
+    console.print(f"model kernels ready in {took:.1f} s")
 
 
 @app.command()

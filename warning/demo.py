@@ -66,12 +66,17 @@ def run_demo(cfg: Config, *, channel_name: str = "file",
     for sub in ("cap", "depth"):
         shutil.rmtree(out / sub, ignore_errors=True)
     for f in ("floodwarn.sqlite", "floodwarn.sqlite-wal", "floodwarn.sqlite-shm", cfg.channels.sms_log,
-              "map_peak_depth.png", "analysis_peak_depth.tif"):
+              "map_peak_depth.png", "analysis_peak_depth.tif", "demo-secret.key"):
         (out / f).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     if not os.environ.get("FLOODWARN_SECRET_KEY") and not os.environ.get("FLOODWARN_SECRET_KEY_FILE"):
-        os.environ["FLOODWARN_SECRET_KEY"] = secrets.token_urlsafe(32)
-        say("FLOODWARN_SECRET_KEY is not set: using a throw-away key for this drill's database")
+        # a fresh key for this demo database only, kept beside it (owner-readable) so later
+        # `floodwarn run` calls on the same database can decrypt its invented numbers
+        key_file = out / "demo-secret.key"
+        key_file.write_text(secrets.token_urlsafe(32) + "\n")
+        key_file.chmod(0o600)
+        os.environ["FLOODWARN_SECRET_KEY_FILE"] = str(key_file)
+        say(f"FLOODWARN_SECRET_KEY is not set: the demo database gets its own key, {key_file}")
     say("preparing terrain (depression filling, D8, accumulation, HAND, rating curves)")
     site = Site.load(cfg)
     store = Store(cfg.db_url)
