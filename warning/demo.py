@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -55,9 +56,7 @@ class DemoResult:
 def run_demo(cfg: Config, *, channel_name: str = "file",
              progress: Callable[[int, int, CycleResult | None], None] | None = None,
              status: Callable[[str], None] | None = None) -> DemoResult:
-    import time as _time
-
-    t_start = _time.perf_counter()
+    t_start = time.perf_counter()
     say = status or (lambda _msg: None)
     if cfg.demo is None:
         from .errors import ConfigError
@@ -69,7 +68,9 @@ def run_demo(cfg: Config, *, channel_name: str = "file",
               "map_peak_depth.png", "analysis_peak_depth.tif", "demo-secret.key"):
         (out / f).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    if not os.environ.get("FLOODWARN_SECRET_KEY") and not os.environ.get("FLOODWARN_SECRET_KEY_FILE"):
+    own_key = not os.environ.get("FLOODWARN_SECRET_KEY") and not os.environ.get(
+        "FLOODWARN_SECRET_KEY_FILE")
+    if own_key:
         # a fresh key for this demo database only, kept beside it (owner-readable) so later
         # `floodwarn run` calls on the same database can decrypt its invented numbers
         key_file = out / "demo-secret.key"
@@ -77,6 +78,16 @@ def run_demo(cfg: Config, *, channel_name: str = "file",
         key_file.chmod(0o600)
         os.environ["FLOODWARN_SECRET_KEY_FILE"] = str(key_file)
         say(f"FLOODWARN_SECRET_KEY is not set: the demo database gets its own key, {key_file}")
+    try:
+        return _run_storm(cfg, out, channel_name, progress, say, t_start)
+    finally:
+        if own_key:
+            del os.environ["FLOODWARN_SECRET_KEY_FILE"]
+
+
+def _run_storm(cfg: Config, out: Path, channel_name: str,
+               progress: Callable[[int, int, CycleResult | None], None] | None,
+               say: Callable[[str], None], t_start: float) -> DemoResult:
     say("preparing terrain (depression filling, D8, accumulation, HAND, rating curves)")
     site = Site.load(cfg)
     store = Store(cfg.db_url)
@@ -120,7 +131,7 @@ def run_demo(cfg: Config, *, channel_name: str = "file",
         zone_colours={c: colours[tl.top_level] for c, tl in timelines.items() if tl.top_level in colours},
         zone_levels={c: titles.get(tl.top_level, "no warning") for c, tl in timelines.items()})
     store.dispose()
-    return DemoResult(results, timelines, outputs, _time.perf_counter() - t_start)
+    return DemoResult(results, timelines, outputs, time.perf_counter() - t_start)
 
 
 def _details(store: Store, run_id: str) -> dict[str, dict[str, Any]]:
