@@ -370,6 +370,17 @@ def _semantic_problems(cfg: Config) -> list[str]:
     return problems
 
 
+def _raw_file_problems(raw: dict[str, Any], base: Path) -> list[str]:
+    """Missing files, found from the raw TOML when the schema check already failed, so
+    they are reported in the same round as the schema problems."""
+    out = []
+    for section, key in (("site", "dem"), ("site", "curve_number"), ("site", "zones")):
+        value = (raw.get(section) or {}).get(key)
+        if isinstance(value, str) and not (base / value).exists():
+            out.append(f"{section}.{key}: file not found: {(base / value).resolve()}")
+    return out
+
+
 def load_config(path: str | Path) -> Config:
     """Read, validate and return the configuration at ``path``; ConfigError lists every problem."""
     path = Path(path)
@@ -389,7 +400,8 @@ def load_config(path: str | Path) -> Config:
             if err["type"] == "extra_forbidden":
                 msg = "unknown key (check its spelling)"
             problems.append(f"{_key_path(err['loc'])}: {msg}")
-        raise ConfigError(problems, source=str(path)) from None
+        raise ConfigError(problems + _raw_file_problems(raw, raw["base_dir"]),
+                          source=str(path)) from None
     problems = _semantic_problems(cfg)
     if problems:
         raise ConfigError(problems, source=str(path))

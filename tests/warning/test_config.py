@@ -41,6 +41,7 @@ def test_several_problems_reported_at_once_with_key_paths(tmp_path):
         t = t.replace('"forecast_peak_depth_m >= 0.50"', '"peak_depth >= 0.50"', 1)
         t = t.replace('gauge = "MB-WEST"', 'gauge = "NO-SUCH-GAUGE"')
         t = t.replace("[channels]", "[channels]\nsms_providr = 'x'")
+        t = t.replace('demo/dem.tif', 'demo/no-such-dem.tif', 1)
         return t
 
     with pytest.raises(ConfigError) as exc:
@@ -51,7 +52,8 @@ def test_several_problems_reported_at_once_with_key_paths(tmp_path):
     assert re.search(r"model\.spinup_hours: .*greater than or equal to 0", joined)
     assert re.search(r"zones\[0\]\.thresholds\.warning: .*unknown metric 'peak_depth'", joined)
     assert re.search(r"channels\.sms_providr: unknown key", joined)
-    assert len(problems) >= 4
+    assert re.search(r"site\.dem: file not found: .*no-such-dem\.tif", joined)
+    assert len(problems) >= 5
 
 
 def test_cross_reference_problems_are_all_reported(tmp_path):
