@@ -73,7 +73,7 @@ def decide_and_notify(site: Site, cfg: Config, store: Store, at: datetime,
     ctx = NoticeContext(sender=cfg.notices.sender, sender_name=cfg.notices.sender_name,
                         web_base=cfg.notices.web_base,
                         status="Exercise" if drill else "Actual",
-                        exercise_note=f"Exercise: {drill}. Not a real warning." if drill else None,
+                        exercise_note=drill or None,
                         language=cfg.notices.language, run=run_info)
     vault = None
     out_decisions: list[dict[str, Any]] = []

@@ -100,13 +100,20 @@ def assemble_rain(inputs: Inputs, site: Site, cfg: Config, at: datetime
     ``at``: the best estimate, i.e. for each hour the control member of the newest issue
     that was out by then (shortest lead time). Nothing issued after ``at`` is used.
     """
-    problems: list[str] = []
     issues = [i for i in inputs.forecast.issues() if i.issued <= at]
+    problems = [f"forecast file skipped: {p}" for p in inputs.forecast.skipped]
     if not issues:
         raise IngestError(f"no rainfall forecast issued at or before {at:%Y-%m-%d %H:%M}Z in "
                           f"{inputs.forecast.path}")
-    current = issues[-1]
-    fc = inputs.load_forecast(current, site)
+    for current in reversed(issues):  # the newest readable issue; fall back on bad files
+        try:
+            fc = inputs.load_forecast(current, site)
+            break
+        except IngestError as exc:
+            problems.append(f"forecast unusable, fell back to the issue before it: {exc}")
+    else:
+        raise IngestError(f"no readable rainfall forecast issued at or before "
+                          f"{at:%Y-%m-%d %H:%M}Z: " + "; ".join(problems))
     step = np.timedelta64(1, "h")
     fc_times = fc["time"].values
     if fc_times.size > 1:
@@ -133,7 +140,10 @@ def assemble_rain(inputs: Inputs, site: Site, cfg: Config, at: datetime
         for issue in reversed(issues):
             if np.datetime64(issue.issued.replace(tzinfo=None), "ns") > t:
                 continue
-            past = inputs.load_forecast(issue, site)
+            try:
+                past = inputs.load_forecast(issue, site)
+            except IngestError:
+                continue  # already reported when it was the current issue, or skipped
             j = np.searchsorted(past["time"].values, t)
             if j < past.sizes["time"] and past["time"].values[j] == t:
                 rain[:, k] = past.values[0, j]

@@ -59,12 +59,15 @@ class NetcdfForecastSource:
         self.variable = variable
         self.units = units
         self._issue_cache: dict[tuple[Path, int], datetime] = {}
+        #: problems with the files the last ``issues()`` call skipped
+        self.skipped: list[str] = []
 
     # ------------------------------------------------------------------ catalogue
     def issues(self) -> list[ForecastIssue]:
         """Every readable forecast issue, oldest first. Unreadable files are logged and skipped."""
         files = [self.path] if self.path.is_file() else sorted(self.path.glob(self.pattern))
         out = []
+        self.skipped = []
         for f in files:
             key = (f, f.stat().st_mtime_ns)
             if key not in self._issue_cache:
@@ -72,6 +75,7 @@ class NetcdfForecastSource:
                     self._issue_cache[key] = self._issue_time(f)
                 except IngestError as exc:
                     log.warning("skipping forecast file: %s", exc)
+                    self.skipped.append(str(exc))
                     continue
             out.append(ForecastIssue(self._issue_cache[key], f))
         return sorted(out, key=lambda i: i.issued)
