@@ -29,7 +29,11 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-test
 	$(PY) -m pytest
 
-bench: $(VENV)/.installed-test
+$(VENV)/.installed-bench: pyproject.toml $(VENV)/.installed
+	$(PIP) install -e '.[test,bench]'
+	@touch $@
+
+bench: $(VENV)/.installed-bench
 	$(PY) benchmarks/bench_terrain.py
 
 clean:
