@@ -22,6 +22,19 @@ water that left through outlets plus the change in storage ``sum(A * L)``.
 
 Outlets (code 0: grid-edge outlets, pits and flats) pass their discharge out of the
 model, so route on directions from an epsilon-filled DEM where only true outlets are 0.
+
+Parallel scheme (one member on several cores): the network is cut into *parts*, the
+sub-catchments of at most ``max(2000, n_cells / 256)`` cells whose root drains into a
+"trunk" cell (upstream area above that size) or out of the model. Parts do not
+exchange water, so phase 1 routes every part over the whole run in parallel (parts
+balanced over the threads by cell count) and stores each root's outflow per sub-step;
+phase 2 routes the trunk, a few per cent of the cells, with the roots' stored outflows
+as inflows. Every cell still sums its inflows in the global topological order, so the
+results are bit-for-bit those of the plain sweep. An ensemble with at least as many
+members as threads is routed with the plain sweep, members in parallel (as before).
+Inside a part cells go by level (longest path from a source), so consecutive cells rarely
+depend on each other, and pull their donors' new discharge. Dry cells (right-hand side 0)
+skip the solver.
 """
 
 from __future__ import annotations
@@ -142,11 +155,12 @@ def _solve_kinematic_numba(rhs, c, guess):
 
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
-def _route_kinematic_numba(order, down, alpha, length, lateral, cell_area, dt_s, substeps,
-                           q0, record, q_max, t_max, q_record, q_final, outflow, storage_final,
-                           storage_initial):
-    """Route (member, time, cell) lateral inflow (mm/h) through the D8 graph.
+def _route_kinematic_serial_numba(order, down, alpha, length, lateral, cell_area, dt_s, substeps,
+                                  q0, record, q_max, t_max, q_record, q_final, outflow, storage_final,
+                                  storage_initial):
+    """Route (member, time, cell) lateral inflow (mm/h) through the D8 graph (plain sweep).
 
+    The reference for :func:`_route_kinematic_numba` (used by tests and benchmarks).
     ``order``/``down`` are the topological order and receivers (flat, -1 = leaves);
     ``alpha``/``length`` per cell; ``q0`` (member, cell) initial discharge. Outputs are
     written in place. Returns the count of bad lateral values (all members).
@@ -214,6 +228,240 @@ def _route_kinematic_numba(order, down, alpha, length, lateral, cell_area, dt_s,
     return bad.sum()
 
 
+@numba.njit(cache=True)
+def _partition_numba(order, down, acc, max_part):
+    """Cut the D8 graph into parts (sub-catchments of <= max_part cells) and a trunk.
+
+    Returns ``part`` (cell -> part id, -1 trunk/nodata), ``part_ptr``/``part_cells``
+    (cells of each part by level, then topological order; the root last), the phase-2
+    sweep ``p2_cell``/``p2_part`` (trunk cells and part roots in topological order;
+    ``p2_part`` = -1 for trunk cells, else the root's part id) and the donors of every
+    cell ``up_ptr``/``up_idx`` (CSR, in topological order).
+    """
+    n = down.size
+    ncell = order.size
+    part = np.full(n, -1, dtype=np.int64)
+    npart = 0
+    for k in range(ncell - 1, -1, -1):  # receivers before their donors
+        i = order[k]
+        if acc[i] > max_part:
+            continue
+        d = down[i]
+        if d < 0 or part[d] < 0:
+            part[i] = npart
+            npart += 1
+        else:
+            part[i] = part[d]
+    size = np.zeros(npart + 1, dtype=np.int64)
+    ntrunk = 0
+    for k in range(ncell):
+        p = part[order[k]]
+        if p >= 0:
+            size[p + 1] += 1
+        else:
+            ntrunk += 1
+    part_ptr = np.cumsum(size)
+    fill = part_ptr[:-1].copy()
+    part_cells = np.empty(ncell - ntrunk, dtype=np.int64)
+    p2_cell = np.empty(ntrunk + npart, dtype=np.int64)
+    p2_part = np.empty(ntrunk + npart, dtype=np.int64)
+    j = 0
+    for k in range(ncell):
+        i = order[k]
+        p = part[i]
+        if p >= 0:
+            part_cells[fill[p]] = i
+            fill[p] += 1
+            d = down[i]
+            if d < 0 or part[d] < 0:  # the root
+                p2_cell[j] = i
+                p2_part[j] = p
+                j += 1
+        else:
+            p2_cell[j] = i
+            p2_part[j] = -1
+            j += 1
+    # inside each part: by level (longest path from a source), then topological order,
+    # so consecutive cells rarely depend on each other and their solves overlap in the CPU
+    level = np.zeros(n, dtype=np.int64)
+    for k in range(ncell):
+        i = order[k]
+        d = down[i]
+        if d >= 0 and level[i] + 1 > level[d]:
+            level[d] = level[i] + 1
+    for p in range(npart):
+        seg = part_cells[part_ptr[p]:part_ptr[p + 1]]
+        lv = np.empty(seg.size, dtype=np.int64)
+        for a in range(seg.size):
+            lv[a] = level[seg[a]]
+        part_cells[part_ptr[p]:part_ptr[p + 1]] = seg[np.argsort(lv, kind="mergesort")]
+    # donors of every cell, in topological order (so sums add up as in the serial sweep)
+    up_ptr = np.zeros(n + 1, dtype=np.int64)
+    for k in range(ncell):
+        d = down[order[k]]
+        if d >= 0:
+            up_ptr[d + 1] += 1
+    for i in range(n):
+        up_ptr[i + 1] += up_ptr[i]
+    upfill = up_ptr[:-1].copy()
+    up_idx = np.empty(max(up_ptr[n], 1), dtype=np.int64)
+    for k in range(ncell):
+        i = order[k]
+        d = down[i]
+        if d >= 0:
+            up_idx[upfill[d]] = i
+            upfill[d] += 1
+    return part, part_ptr, part_cells, p2_cell, p2_part, up_ptr, up_idx
+
+
+@numba.njit(cache=True, error_model="numpy", inline="always")
+def _cell_update(i, rate, qin, u, area, alpha, length, dt):
+    """One implicit step of cell i; returns the new discharge (state updated in place)."""
+    li = length[i]
+    rhs = qin[i] + rate + area[i] * li / dt
+    qin[i] = 0.0
+    if not (rhs > _RHS_FLOOR):  # dry: no solver, the water (if any) stays in storage
+        u[i] = 0.0
+        area[i] = rhs * dt / li
+        return 0.0
+    un = _solve_kinematic_u_numba(rhs, alpha[i] * li / dt, u[i])
+    qn = un * un * un * un * un
+    qn = min(qn, rhs)
+    u[i] = un
+    area[i] = (rhs - qn) * dt / li  # storage from the continuity equation: exact mass balance
+    return qn
+
+
+@numba.njit(cache=True, parallel=True, error_model="numpy")
+def _route_kinematic_numba(order, down, alpha, length, lateral, cell_area, dt_s, substeps, q0, record,
+                           part, part_ptr, part_cells, up_ptr, up_idx, bin_ptr, bin_parts, p2_cell, p2_part,
+                           rec_ptr, rec_idx,
+                           q_max, t_max, q_record, q_final, outflow, storage_final, storage_initial):
+    """Route (member, time, cell) lateral inflow (mm/h) through the D8 graph, in parallel.
+
+    Same equations and outputs as :func:`_route_kinematic_serial_numba`; see the module
+    notes for the two phases. ``bin_ptr``/``bin_parts`` give each thread its parts;
+    ``rec_ptr``/``rec_idx`` list the record slots of every part (last group: trunk).
+    Members are routed one after the other. Returns the count of bad lateral values.
+    """
+    nm, nt, n = lateral.shape
+    ncell = order.size
+    npart = part_ptr.size - 1
+    nbin = bin_ptr.size - 1
+    nsub = nt * substeps
+    dt = dt_s / substeps
+    conv = cell_area * _MMH_TO_MS
+    bad = np.zeros(nbin + 1, dtype=np.int64)
+    u = np.zeros(n, dtype=np.float64)
+    area = np.zeros(n, dtype=np.float64)
+    qin = np.zeros(n, dtype=np.float64)
+    qnew = np.zeros(n, dtype=np.float64)
+    rootq = np.zeros((npart, nsub), dtype=np.float64)
+    for m in range(nm):
+        s0 = 0.0
+        for t_ in range(ncell):
+            i = order[t_]
+            ui = q0[m, i] ** 0.2
+            u[i] = ui
+            area[i] = alpha[i] * ui * ui * ui
+            qin[i] = 0.0
+            s0 += area[i] * length[i]
+            q_max[m, i] = -1.0
+        storage_initial[m] = s0
+        # phase 1: parts, each over the whole run
+        for b in prange(nbin):
+            for kp in range(bin_ptr[b], bin_ptr[b + 1]):
+                p = bin_parts[kp]
+                a0 = part_ptr[p]
+                a1 = part_ptr[p + 1]
+                root = part_cells[a1 - 1]
+                for t in range(nt):
+                    for sb in range(substeps):
+                        for a in range(a0, a1):
+                            i = part_cells[a]
+                            rate = np.float64(lateral[m, t, i])
+                            if not (rate >= 0.0 and rate < np.inf):
+                                bad[b] += 1
+                                rate = 0.0
+                            acc_in = 0.0  # pull the donors' new discharge (same sum order as a push)
+                            for e in range(up_ptr[i], up_ptr[i + 1]):
+                                acc_in += qnew[up_idx[e]]
+                            qin[i] = acc_in
+                            qn = _cell_update(i, rate * conv, qin, u, area, alpha, length, dt)
+                            qnew[i] = qn
+                            if i == root:
+                                rootq[p, t * substeps + sb] = qn
+                            if qn > q_max[m, i]:
+                                q_max[m, i] = qn
+                                t_max[m, i] = t
+                    for r in range(rec_ptr[p], rec_ptr[p + 1]):
+                        ur = u[record[rec_idx[r]]]
+                        q_record[m, t, rec_idx[r]] = ur * ur * ur * ur * ur
+        # phase 2: the trunk, with the roots' outflows, in global topological order
+        vol_out = 0.0
+        n2 = p2_cell.size
+        for t in range(nt):
+            for sb in range(substeps):
+                step_out = 0.0
+                for j in range(n2):
+                    i = p2_cell[j]
+                    p = p2_part[j]
+                    if p >= 0:
+                        qn = rootq[p, t * substeps + sb]
+                    else:
+                        rate = np.float64(lateral[m, t, i])
+                        if not (rate >= 0.0 and rate < np.inf):
+                            bad[nbin] += 1
+                            rate = 0.0
+                        qn = _cell_update(i, rate * conv, qin, u, area, alpha, length, dt)
+                        if qn > q_max[m, i]:
+                            q_max[m, i] = qn
+                            t_max[m, i] = t
+                    d = down[i]
+                    if d >= 0:
+                        qin[d] += qn
+                    else:
+                        step_out += qn
+                vol_out += step_out * dt
+            for r in range(rec_ptr[npart], rec_ptr[npart + 1]):
+                ur = u[record[rec_idx[r]]]
+                q_record[m, t, rec_idx[r]] = ur * ur * ur * ur * ur
+        outflow[m] = vol_out
+        sf = 0.0
+        for t_ in range(ncell):
+            i = order[t_]
+            ui = u[i]
+            q_final[m, i] = ui * ui * ui * ui * ui
+            sf += area[i] * length[i]
+        storage_final[m] = sf
+    return bad.sum()
+
+
+def _plan(order: np.ndarray, down: np.ndarray, valid: np.ndarray, record: np.ndarray, nbin: int):
+    """Parts, their balanced assignment to ``nbin`` threads, and record slots per part."""
+    ncell = order.size
+    acc = valid.astype(np.float64)
+    terrain._accumulate_numba(down, valid, acc)
+    max_part = max(2000, ncell // 256)
+    part, part_ptr, part_cells, p2_cell, p2_part, up_ptr, up_idx = _partition_numba(order, down, acc,
+                                                                                    float(max_part))
+    npart = part_ptr.size - 1
+    sizes = np.diff(part_ptr)
+    # longest-processing-time first: biggest part to the least loaded thread
+    load = np.zeros(nbin, dtype=np.int64)
+    owner = np.empty(npart, dtype=np.int64)
+    for p in np.argsort(-sizes, kind="stable"):
+        b = int(np.argmin(load))
+        owner[p] = b
+        load[b] += sizes[p]
+    bin_parts = np.argsort(owner, kind="stable").astype(np.int64)
+    bin_ptr = np.concatenate([[0], np.cumsum(np.bincount(owner, minlength=nbin))]).astype(np.int64)
+    rp = np.where(part[record] >= 0, part[record], npart) if record.size else np.zeros(0, np.int64)
+    rec_idx = np.argsort(rp, kind="stable").astype(np.int64)
+    rec_ptr = np.concatenate([[0], np.cumsum(np.bincount(rp, minlength=npart + 1))]).astype(np.int64)
+    return part, part_ptr, part_cells, up_ptr, up_idx, bin_ptr, bin_parts, p2_cell, p2_part, rec_ptr, rec_idx
+
+
 def kinematic_alpha(slope, manning_n, width) -> np.ndarray:
     """Kinematic-wave coefficient alpha of ``A = alpha * Q**0.6`` (Manning, wide channel).
 
@@ -278,6 +526,15 @@ def route_kinematic_d8(fdir, lateral, dt_s: float, dx: float, dy: float, slope, 
         On shape mismatches, non-positive parameters, bad record indices, flow cycles in
         ``fdir`` or negative/non-finite lateral inflow on valid cells.
     """
+    return _route(fdir, lateral, dt_s, dx, dy, slope, manning_n, width, q0=q0, substeps=substeps,
+                  record=record)
+
+
+def _route(fdir, lateral, dt_s, dx, dy, slope, manning_n, width, q0=None, substeps=1, record=None,
+           kernel: str = "auto") -> RoutingResult:
+    """Validate, then run a kernel: "members" (plain sweep per member, members in
+    parallel), "parts" (members in turn, each split into parts in parallel) or "auto"
+    ("parts" when there are fewer members than threads). Results are bit-for-bit equal."""
     fd = terrain._check_fdir(fdir)
     ny, nx = fd.shape
     ncells = ny * nx
@@ -339,8 +596,18 @@ def route_kinematic_d8(fdir, lateral, dt_s: float, dx: float, dy: float, slope, 
     outflow = np.zeros(nm)
     storage_final = np.zeros(nm)
     storage_initial = np.zeros(nm)
-    nbad = _route_kinematic_numba(order, down, alpha, length, lat, dxv * dyv, dt, int(substeps), q0a, rec,
-                                  q_max, t_max, q_record, q_final, outflow, storage_final, storage_initial)
+    nthreads = max(1, numba.get_num_threads())
+    if kernel not in ("auto", "parts", "members"):
+        raise ModelError(f"kernel must be 'auto', 'parts' or 'members'; got {kernel!r}.")
+    if kernel == "members" or (kernel == "auto" and nm >= nthreads):
+        nbad = _route_kinematic_serial_numba(order, down, alpha, length, lat, dxv * dyv, dt, int(substeps), q0a,
+                                             rec, q_max, t_max, q_record, q_final, outflow, storage_final,
+                                             storage_initial)
+    else:
+        plan = _plan(order, down, valid.ravel(), rec, nthreads)
+        nbad = _route_kinematic_numba(order, down, alpha, length, lat, dxv * dyv, dt, int(substeps), q0a, rec,
+                                      *plan, q_max, t_max, q_record, q_final, outflow, storage_final,
+                                      storage_initial)
     if nbad:
         raise ModelError(
             f"lateral has {nbad} negative, NaN or infinite values on valid cells; "

@@ -14,7 +14,20 @@ published.
 Antecedent moisture (Chow, Maidment & Mays 1988; Hawkins): ``CN_I = 4.2 CN / (10 -
 0.058 CN)``, ``CN_III = 23 CN / (10 + 0.13 CN)`` from the average condition CN_II.
 
-Methods are chosen by name with :func:`get_runoff_method` (``"scs_cn"``).
+Green-Ampt infiltration (Green & Ampt 1911; ponding time of Mein & Larson 1973; the
+time-stepping algorithm of Chow, Maidment & Mays 1988, sec. 5.4) in
+:func:`green_ampt_excess_rate`. With ``S = psi * dtheta`` (mm) and cumulative
+infiltration ``F`` (mm) the infiltration capacity is ``f = Ks (1 + S / F)``; under
+ponding ``F`` follows the implicit equation (from ``F0`` at ``t0``)::
+
+    F - F0 - S ln((S + F) / (S + F0)) = Ks (t - t0)
+
+For a constant rain rate ``i > Ks`` on a dry start, ponding begins when
+``F_p = Ks S / (i - Ks)``, at ``t_p = Ks S / (i (i - Ks))``; rain at or below ``Ks``
+never ponds.
+
+Methods are chosen by name with :func:`get_runoff_method` (``"scs_cn"``,
+``"green_ampt"``).
 """
 
 from __future__ import annotations
@@ -25,12 +38,14 @@ import numba
 import numpy as np
 from numba import prange
 
+from models._xarray import grid_function
 from models.errors import ModelError, positive_scalar
 
 __all__ = [
     "RUNOFF_METHODS",
     "amc_convert",
     "get_runoff_method",
+    "green_ampt_excess_rate",
     "potential_retention",
     "scs_excess_rate",
     "scs_runoff_depth",
@@ -189,6 +204,7 @@ def _scs_excess_numba(rain, dt_h, s, ia, p0, out):
     return bad.sum()
 
 
+@grid_function(units="mm/h")
 def scs_excess_rate(rain, dt_hours: float, cn, lam: float = 0.2, p0=None) -> np.ndarray:
     """Rainfall excess rate per cell and step by the SCS-CN method.
 
@@ -201,7 +217,8 @@ def scs_excess_rate(rain, dt_hours: float, cn, lam: float = 0.2, p0=None) -> np.
     Parameters
     ----------
     rain : ndarray (member, time, y, x) or (time, y, x), mm/h
-        Rain rate during each step (float32 or float64, >= 0).
+        Rain rate during each step (float32 or float64, >= 0). An
+        ``xarray.DataArray`` comes back as a DataArray with its coordinates.
     dt_hours : float, h
         Length of one step.
     cn : float or ndarray (y, x), dimensionless (0, 100]
@@ -263,7 +280,183 @@ def scs_excess_rate(rain, dt_hours: float, cn, lam: float = 0.2, p0=None) -> np.
     return out[0] if r.ndim == 3 else out
 
 
-RUNOFF_METHODS: dict[str, Callable[..., np.ndarray]] = {"scs_cn": scs_excess_rate}
+@numba.njit(cache=True, error_model="numpy")
+def _ga_ponded_numba(f0, s, ks, dt):
+    """Solve ``F - f0 - s ln((s + F) / (s + f0)) = ks dt`` for F > f0 (Newton).
+
+    The left side is increasing and convex in F (derivative ``F / (s + F)``), so from
+    the lower bound ``f0 + ks dt`` the first Newton step lands right of the root and
+    the iterates then fall monotonically to it.
+    """
+    rhs = ks * dt
+    if rhs <= 0.0:
+        return f0
+    if s <= 0.0:
+        return f0 + rhs
+    a = s + f0
+    f = f0 + rhs
+    for _ in range(60):
+        g = f - f0 - s * np.log((s + f) / a) - rhs
+        fn = f - g * (s + f) / f
+        if abs(fn - f) <= 1e-12 * fn:
+            return fn
+        f = fn
+    return f
+
+
+@numba.njit(cache=True, parallel=True, error_model="numpy")
+def _green_ampt_numba(rain, dt_h, ks, s, f0, out):
+    """Green-Ampt excess (mm/h) for rain (member, time, y, x) in mm/h.
+
+    ``ks`` (mm/h), ``s = psi * dtheta`` (mm), ``f0`` (mm) are (y, x) float64 (NaN ks =
+    nodata). Rain is constant within a step; ponding may start inside a step. Writes
+    ``out`` in place and returns the count of bad rain values on valid cells.
+    """
+    nm, nt, ny, nx = rain.shape
+    bad = np.zeros(nm * ny, dtype=np.int64)
+    for k in prange(nm * ny):
+        m = k // ny
+        y = k - m * ny
+        fcum = np.empty(nx, dtype=np.float64)
+        for x in range(nx):
+            fcum[x] = f0[y, x]
+        for t in range(nt):
+            for x in range(nx):
+                kx = ks[y, x]
+                if np.isnan(kx):
+                    out[m, t, y, x] = np.nan
+                    continue
+                r = np.float64(rain[m, t, y, x])
+                if not (r >= 0.0 and r < np.inf):
+                    bad[k] += 1
+                    out[m, t, y, x] = np.nan
+                    continue
+                if r == 0.0:
+                    out[m, t, y, x] = 0.0
+                    continue
+                sx = s[y, x]
+                f = fcum[x]
+                p = r * dt_h
+                if r <= kx:
+                    df = p  # never ponds
+                else:
+                    fp = kx * sx / (r - kx)  # F at which capacity falls to r
+                    if f >= fp:  # ponded throughout the step
+                        df = _ga_ponded_numba(f, sx, kx, dt_h) - f
+                        df = min(df, p)
+                    elif f + p <= fp:  # all rain infiltrates
+                        df = p
+                    else:  # ponding starts inside the step (Mein & Larson)
+                        tp = (fp - f) / r
+                        df = _ga_ponded_numba(fp, sx, kx, dt_h - tp) - f
+                        df = min(df, p)
+                fcum[x] = f + df
+                out[m, t, y, x] = (p - df) / dt_h
+    return bad.sum()
+
+
+@grid_function(units="mm/h")
+def green_ampt_excess_rate(rain, dt_hours: float, ks=None, psi=None, delta_theta=None, *, f0=None,
+                           lam=None) -> np.ndarray:
+    """Rainfall excess rate per cell and step by Green-Ampt infiltration.
+
+    Differs from :func:`scs_excess_rate` in its parameters (soil hydraulics instead of
+    a curve number) and its state: a storm is continued with ``f0``, the infiltration
+    so far (``f0 + sum((rain - excess) * dt_hours)`` of the previous cycle), not with
+    the rain so far. Call it with keywords: ``method(rain, dt, ks=..., psi=...,
+    delta_theta=...)``. Infiltration capacity is not recovered during dry spells (no
+    redistribution): suited to single storms, conservative (more runoff) after a pause.
+
+    Parameters
+    ----------
+    rain : ndarray (member, time, y, x) or (time, y, x), mm/h
+        Rain rate during each step (float32 or float64, >= 0), constant in the step.
+        An ``xarray.DataArray`` comes back as a DataArray with its coordinates.
+    dt_hours : float, h
+        Length of one step.
+    ks : float or ndarray (y, x), mm/h
+        Saturated (effective) hydraulic conductivity, > 0; NaN marks nodata cells.
+    psi : float or ndarray (y, x), mm
+        Wetting-front suction head, > 0 (e.g. Rawls et al. 1983 table by texture).
+    delta_theta : float or ndarray (y, x), dimensionless (0, 1)
+        Moisture deficit, effective porosity minus initial water content.
+    f0 : ndarray (y, x) or float, mm, optional
+        Cumulative infiltration before the first step (0: dry start).
+    lam : None
+        Accepted and ignored so that the registry's common call shape works.
+
+    Returns
+    -------
+    excess : ndarray (shape of ``rain``) float32, mm/h
+        ``0 <= excess <= rain``; ``rain - excess`` infiltrates. NaN where ``ks`` is NaN.
+
+    Raises
+    ------
+    ModelError
+        On missing or non-positive parameters, bad shapes, or bad rain values.
+    """
+    r = np.asarray(rain)
+    if r.ndim not in (3, 4):
+        raise ModelError(
+            f"rain must be (time, y, x) or (member, time, y, x) in mm/h; got shape {r.shape}."
+        )
+    if r.dtype not in (np.float32, np.float64):
+        raise ModelError(f"rain must be float32 or float64 mm/h; got {r.dtype} (use rain.astype(np.float32)).")
+    r4 = np.ascontiguousarray(r[None] if r.ndim == 3 else r)
+    ny, nx = r4.shape[2:]
+    dt = positive_scalar("dt_hours", dt_hours)
+    grids = {}
+    for name, value, unit, upper in (("ks", ks, "mm/h", np.inf), ("psi", psi, "mm", np.inf),
+                                     ("delta_theta", delta_theta, "(fraction)", 1.0)):
+        if value is None:
+            raise ModelError(
+                f"green_ampt needs {name} ({unit}); call it as method(rain, dt_hours, ks=..., psi=..., "
+                "delta_theta=...), e.g. a loam: ks=3.4, psi=88.9, delta_theta=0.4 (Rawls et al. 1983)."
+            )
+        a = np.asarray(value, dtype=np.float64)
+        if a.ndim == 0:
+            a = np.full((ny, nx), float(a))
+        if a.shape != (ny, nx):
+            raise ModelError(f"{name} must be a scalar or (y, x) = {(ny, nx)} {unit}; got shape {a.shape}.")
+        grids[name] = a
+    valid = ~np.isnan(grids["ks"])
+    for name, a in grids.items():
+        lim = 1.0 if name == "delta_theta" else np.inf
+        badp = valid & ~((a > 0.0) & (a <= lim) & np.isfinite(a))
+        if badp.any():
+            rr, cc = np.argwhere(badp)[0]
+            rng = "in (0, 1]" if name == "delta_theta" else "finite and > 0"
+            raise ModelError(
+                f"{name} must be {rng} on every cell with a ks; {int(badp.sum())} cells are not "
+                f"(first at row {rr}, col {cc}: {a[rr, cc]!r}). Set ks to NaN on nodata cells."
+            )
+    s = np.ascontiguousarray(np.where(valid, grids["psi"] * grids["delta_theta"], 0.0))
+    ksa = np.ascontiguousarray(grids["ks"])
+    if f0 is None:
+        f0a = np.zeros((ny, nx))
+    else:
+        f0a = np.asarray(f0, dtype=np.float64)
+        if f0a.ndim == 0:
+            f0a = np.full((ny, nx), float(f0a))
+        if f0a.shape != (ny, nx):
+            raise ModelError(f"f0 must be (y, x) = {(ny, nx)} mm; got shape {f0a.shape}.")
+        if np.any(valid & ~(np.isfinite(f0a) & (f0a >= 0.0))):
+            raise ModelError("f0 must be finite and >= 0 mm on every cell with a ks.")
+        f0a = np.ascontiguousarray(np.where(valid, f0a, 0.0))
+    out = np.empty(r4.shape, dtype=np.float32)
+    nbad = _green_ampt_numba(r4, dt, ksa, s, f0a, out)
+    if nbad:
+        raise ModelError(
+            f"rain has {nbad} negative, NaN or infinite values on cells with a ks; "
+            "fill gaps and clip negatives at ingest (or set ks to NaN on nodata cells)."
+        )
+    return out[0] if r.ndim == 3 else out
+
+
+RUNOFF_METHODS: dict[str, Callable[..., np.ndarray]] = {
+    "scs_cn": scs_excess_rate,
+    "green_ampt": green_ampt_excess_rate,
+}
 
 
 def get_runoff_method(name: str) -> Callable[..., np.ndarray]:
@@ -272,12 +465,21 @@ def get_runoff_method(name: str) -> Callable[..., np.ndarray]:
     Parameters
     ----------
     name : str
-        One of ``RUNOFF_METHODS`` (``"scs_cn"``).
+        One of ``RUNOFF_METHODS``: ``"scs_cn"`` or ``"green_ampt"`` (case-insensitive).
 
     Returns
     -------
     method : callable
-        ``method(rain, dt_hours, cn, ...) -> excess`` (see :func:`scs_excess_rate`).
+        ``method(rain, dt_hours, ...) -> excess`` (mm/h, shape of ``rain``).
+        ``"scs_cn"``: ``(rain, dt_hours, cn, lam=0.2, p0=None)``
+        (:func:`scs_excess_rate`); ``"green_ampt"``: ``(rain, dt_hours, ks=, psi=,
+        delta_theta=, f0=None)`` (:func:`green_ampt_excess_rate`, parameters by
+        keyword; its state is the infiltration so far, not the rain so far).
+
+    Raises
+    ------
+    ModelError
+        For an unknown name; the message lists the valid ones.
     """
     try:
         return RUNOFF_METHODS[str(name).lower()]

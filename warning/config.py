@@ -121,7 +121,11 @@ class ModelConfig(_Model):
     #: curves (NOAA OWP's HAND rating curves use one n per reach, calibrated)
     manning_rating: float = Field(default=0.06, gt=0)
     channel_width_m: float = Field(default=12.0, gt=0)
-    runoff_method: str = "scs_cn"
+    runoff_method: Literal["scs_cn", "green_ampt"] = "scs_cn"
+    #: Green-Ampt soil parameters (used when runoff_method = "green_ampt"), one per site
+    green_ampt_ks_mm_h: float = Field(default=10.0, gt=0)
+    green_ampt_psi_mm: float = Field(default=110.0, gt=0)
+    green_ampt_delta_theta: float = Field(default=0.3, gt=0, lt=1)
     initial_abstraction_ratio: Literal[0.2, 0.05] = 0.2
     antecedent_moisture: Literal["I", "II", "III"] = "II"
     flooded_depth_m: float = Field(default=0.15, gt=0)

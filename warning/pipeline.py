@@ -162,12 +162,16 @@ def simulate(site: Site, cfg: Config, rain: np.ndarray, times: np.ndarray, now_i
     t = site.terrain
     m = cfg.model
     dt_h = float((times[1] - times[0]) / np.timedelta64(1, "h")) if times.size > 1 else 1.0
-    cn = site.cn
-    if m.antecedent_moisture != "II":
-        cn = runoff.amc_convert(cn, to=m.antecedent_moisture)
-    excess = runoff.get_runoff_method(m.runoff_method)(
-        rain, dt_h, np.where(site.valid, cn, 100.0).astype(np.float32),
-        lam=m.initial_abstraction_ratio)
+    method = runoff.get_runoff_method(m.runoff_method)
+    if m.runoff_method == "green_ampt":
+        excess = method(rain, dt_h, ks=m.green_ampt_ks_mm_h, psi=m.green_ampt_psi_mm,
+                        delta_theta=m.green_ampt_delta_theta)
+    else:
+        cn = site.cn
+        if m.antecedent_moisture != "II":
+            cn = runoff.amc_convert(cn, to=m.antecedent_moisture)
+        excess = method(rain, dt_h, np.where(site.valid, cn, 100.0).astype(np.float32),
+                        lam=m.initial_abstraction_ratio)
     channel = t.drainage
     width = np.where(channel, m.channel_width_m, site.dx).astype(np.float32)
     manning = np.where(channel, m.manning_channel, m.manning_overland).astype(np.float32)

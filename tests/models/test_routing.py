@@ -169,3 +169,46 @@ def test_routing_validation():
         RT.route_kinematic_d8(fd, bad, 60.0, 10.0, 10.0, 0.01, 0.03, 1.0)
     res = RT.route_kinematic_d8(fd, lat[0], 60.0, 10.0, 10.0, 0.01, 0.03, 1.0)
     assert res.q_max.shape == (1, 1, 5) and np.all(res.q_max == 0.0)
+
+
+def fractal_dem(n, seed):
+    rng = np.random.default_rng(seed)
+    k = np.hypot(np.fft.fftfreq(n)[:, None], np.fft.rfftfreq(n)[None, :])
+    k[0, 0] = 1.0
+    amp = k ** -1.2
+    amp[0, 0] = 0.0
+    field = np.fft.irfft2(amp * np.exp(2j * np.pi * rng.random(amp.shape)), s=(n, n))
+    yy, xx = np.mgrid[0:n, 0:n]
+    return 40.0 * (field - field.min()) / np.ptp(field) + 0.05 * (xx + yy) + rng.normal(0, 0.05, (n, n))
+
+
+def test_parallel_parts_reproduce_the_serial_sweep_exactly():
+    n, dx = 130, 30.0
+    dem = fractal_dem(n, 21)
+    dem[60:64, 20:30] = np.nan
+    filled, fd = terrain_for(dem, dx)
+    slope = T.d8_slope(filled, fd, dx, dx)
+    valid = fd != 255
+    down = T.downstream_index(fd).ravel()
+    plan = RT._plan(T.topological_order(fd), down, valid.ravel(), np.zeros(0, np.int64), 2)
+    part, part_ptr = plan[0], plan[1]
+    assert part_ptr.size - 1 > 5 and np.count_nonzero(valid.ravel() & (part < 0)) > 0  # parts and a trunk
+    rng = np.random.default_rng(2)
+    lateral = rng.gamma(0.5, 8.0, size=(2, 10, n, n)).astype(np.float32)
+    lateral[:, 3:6] = 0.0
+    lateral[rng.random(lateral.shape) < 0.3] = 0.0
+    q0 = np.where(valid, rng.uniform(0.0, 0.5, size=(n, n)), 0.0)
+    rec = np.flatnonzero(valid.ravel())[rng.integers(0, valid.sum(), 40)]
+    rec = np.concatenate([rec, rec[:3]])  # duplicates allowed
+    args = (fd, lateral, 600.0, dx, dx, slope, 0.04, np.where(valid, 5.0, 1.0))
+    par = RT._route(*args, q0=q0, substeps=2, record=rec, kernel="parts")
+    ser = RT._route(*args, q0=q0, substeps=2, record=rec, kernel="members")
+    one = RT.route_kinematic_d8(*((fd, lateral[1]) + args[2:]), q0=q0, substeps=2, record=rec)  # auto: parts
+    np.testing.assert_array_equal(one.q_final[0], ser.q_final[1])
+    np.testing.assert_array_equal(one.q_record[0], ser.q_record[1])
+    for name in RT.RoutingResult._fields:
+        np.testing.assert_array_equal(getattr(par, name), getattr(ser, name), err_msg=name)
+    with pytest.raises(ModelError, match="NaN"):
+        bad = lateral.copy()
+        bad[1, 4, 70, 70] = np.nan
+        RT._route(*((fd, bad) + args[2:]), kernel="parts")

@@ -58,3 +58,23 @@ def test_truncated_newest_forecast_falls_back_and_is_reported(copied, monkeypatc
     with store.session() as s:
         logged = [r.detail["problem"] for r in s.query(AuditRow).filter_by(event="data_problem")]
     assert any("rain_20251114T1200Z.nc" in p for p in logged)
+
+
+def test_green_ampt_chosen_by_name_runs_the_cycle(demo_cfg):
+    """The registry's second runoff method through the same cycle: less infiltration
+    capacity means more runoff, so the town's forecast depth cannot go down."""
+    at = datetime(2025, 11, 14, 12, tzinfo=UTC)
+    from warning.pipeline import simulate, zone_metrics
+
+    def town_depth(model):
+        cfg = demo_cfg.model_copy(update={"model": model})
+        site = Site.load(cfg)
+        inputs = Inputs(cfg)
+        rain, times, now_index, issue, _ = assemble_rain(inputs, site, cfg, at)
+        sim = simulate(site, cfg, rain, times, now_index, issue)
+        return zone_metrics(site, cfg, sim, None, at)[0]["MB-TOWN"]["forecast_peak_depth_m"]
+
+    base = demo_cfg.model.model_copy(update={"runoff_method": "green_ampt"})
+    sandy = town_depth(base.model_copy(update={"green_ampt_ks_mm_h": 30.0}))
+    clay = town_depth(base.model_copy(update={"green_ampt_ks_mm_h": 1.0}))
+    assert clay > sandy > 0 or (clay > 0 and sandy == 0)
