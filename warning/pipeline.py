@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from models import inundation, routing, runoff
+from models import inundation, risk, routing, runoff
 
 from . import alerting
 from .config import Config
@@ -238,7 +238,8 @@ def zone_metrics(site: Site, cfg: Config, sim: Simulation, gauges, at: datetime
         vals = {
             "forecast_peak_depth_m": float(np.median(peak_m)),
             "flooded_share": float(np.median(share)),
-            "depth_exceedance_probability": float((peak_m >= m.probability_depth_m).mean()),
+            "depth_exceedance_probability": float(
+                risk.exceedance_probability(peak_m, m.probability_depth_m)),
         }
         det: dict[str, Any] = {"depth_series": series.round(3).tolist()}
         wet = np.flatnonzero(series >= m.flooded_depth_m)
