@@ -10,7 +10,9 @@ row 0 the northern edge of the grid (array row index grows southwards)::
       8   4    2          SW   S   SE
 
 ``0`` marks an outlet or pit (no strictly lower valid neighbour: the water leaves the
-model there) and ``255`` marks a nodata cell. Ties between equally steep neighbours go
+model there; with ``flow_direction_d8(..., resolve_flats=True)`` on a filled DEM only
+grid-edge cells and cells next to nodata keep it) and ``255`` marks a nodata cell.
+Ties between equally steep neighbours go
 to the first in the order E, SE, S, SW, W, NW, N, NE. Flow towards a neighbour outside
 the grid or onto a nodata cell leaves the model.
 
@@ -18,10 +20,15 @@ Flat indices are ``y * nx + x`` (C order) as ``int64``.
 
 All heavy work is done by private Numba kernels (``_*_numba``) on plain arrays; the
 public functions validate their inputs and raise :class:`models.errors.ModelError`.
+``fill_depressions``, ``flow_direction_d8``, ``resolve_flats`` and
+``flow_accumulation_d8`` also take an ``xarray.DataArray`` (cell sizes from its
+coordinates, nodata from ``_FillValue``) and return one (:mod:`models._xarray`).
 
 References
 ----------
 Barnes, Lehman & Mulla (2014), Priority-Flood, Computers & Geosciences 62, 117-127.
+Barnes, Lehman & Mulla (2014b), An efficient assignment of drainage direction over flat
+surfaces in raster digital elevation models, Computers & Geosciences 62, 128-135.
 O'Callaghan & Mark (1984), The extraction of drainage networks from digital elevation
 data, CVGIP 28, 323-344.
 Nobre et al. (2011), Height Above the Nearest Drainage, J. Hydrol. 404, 13-29.
@@ -35,11 +42,13 @@ import numba
 import numpy as np
 from numba import prange
 
+from models._xarray import grid_function
 from models.errors import ModelError, as_2d, positive_scalar, same_shape
 
 __all__ = [
     "D8_CODES",
     "D8_ENCODING",
+    "catchments",
     "d8_slope",
     "downstream_index",
     "drainage_network",
@@ -51,6 +60,7 @@ __all__ = [
     "nearest_drainage",
     "reach_catchments",
     "reach_properties",
+    "resolve_flats",
     "topological_order",
 ]
 
@@ -111,6 +121,14 @@ def _check_mask(name: str, mask, shape) -> np.ndarray:
             raise ModelError(f"{name} must be a boolean mask; got dtype {m.dtype} (use acc >= threshold).")
         m = m != 0
     return np.ascontiguousarray(m)
+
+
+def _check_int32_size(a: np.ndarray) -> None:
+    if a.size >= 2**31:
+        raise ModelError(
+            f"grid has {a.size} cells; flat resolution handles up to 2**31 - 1 cells per call. "
+            "Split the grid by drainage basin (see DESIGN.md, Scale)."
+        )
 
 
 def _dy(dx: float, dy) -> tuple[float, float]:
@@ -179,8 +197,15 @@ def _fill_depressions_numba(z, valid, epsilon, inf):
     ``valid`` is a 2-D boolean mask; ``inf`` is +inf in ``z``'s dtype (for nextafter).
     Seeds: valid grid-edge cells and valid cells with a nodata neighbour. The open
     queue is a binary heap keyed on (elevation, insertion counter); raised cells go
-    through a FIFO pit queue (Barnes et al. 2014, Alg. 2 and 3). Grids must have fewer
-    than 2**31 cells (counter and index share one int64 key).
+    through a FIFO pit queue (Barnes et al. 2014, Alg. 2 and 3).
+
+    The heap grows on demand (it holds the flood front, typically well under 1 % of
+    the cells); the pit queue is int32. An upslope-tracing variant (Zhou, Sun & Fu
+    2016: cells climbing from the front skip the heap) was measured slower on the
+    benchmark DEMs (noisy terrain: most traced cells still border lower unclosed cells
+    and end up on the heap after an extra neighbour scan), so it is not used.
+    Grids must have fewer than 2**31 cells (int32 indices; counter and index share one
+    int64 key).
     """
     ny, nx = z.shape
     n = ny * nx
@@ -195,9 +220,10 @@ def _fill_depressions_numba(z, valid, epsilon, inf):
             closed[i] = 1
             has_nodata = True
     off = _DR * nx + _DC
-    hz = np.empty(n, dtype=z.dtype)
-    hk = np.empty(n, dtype=np.int64)
-    pit = np.empty(n, dtype=np.int64)
+    cap = max(1024, 4 * (ny + nx))
+    hz = np.empty(cap, dtype=z.dtype)
+    hk = np.empty(cap, dtype=np.int64)
+    pit = np.empty(n, dtype=np.int32)  # every cell enters at most once
     size = 0
     cnt = 0
     phead = 0
@@ -214,6 +240,14 @@ def _fill_depressions_numba(z, valid, epsilon, inf):
                         seed = True
                         break
             if seed:
+                if size == cap:
+                    cap *= 2
+                    hz2 = np.empty(cap, dtype=z.dtype)
+                    hk2 = np.empty(cap, dtype=np.int64)
+                    hz2[:size] = hz[:size]
+                    hk2[:size] = hk[:size]
+                    hz = hz2
+                    hk = hk2
                 size = _heap_push(hz, hk, size, zf[i], (cnt << 32) | i)
                 cnt += 1
                 closed[i] = 1
@@ -249,9 +283,17 @@ def _fill_depressions_numba(z, valid, epsilon, inf):
                 zf[j] = spill
                 pit[ptail] = j
                 ptail += 1
-            else:
-                size = _heap_push(hz, hk, size, zf[j], (cnt << 32) | j)
-                cnt += 1
+                continue
+            if size == cap:
+                cap *= 2
+                hz2 = np.empty(cap, dtype=z.dtype)
+                hk2 = np.empty(cap, dtype=np.int64)
+                hz2[:size] = hz[:size]
+                hk2[:size] = hk[:size]
+                hz = hz2
+                hk = hk2
+            size = _heap_push(hz, hk, size, zf[j], (cnt << 32) | j)
+            cnt += 1
     return z
 
 
@@ -295,6 +337,181 @@ def _flow_direction_d8_numba(z, valid, dx, dy):
                         code = _CODES[k]
             out[r, c] = code
     return out
+
+
+@numba.njit(cache=True)
+def _resolve_flats_numba(z, valid, fd, dx, dy, assign):
+    """Flat resolution (Barnes, Lehman & Mulla 2014b) on a D8 grid of a filled DEM.
+
+    Flat cells: valid cells with code 0 that are not outlets (not on the grid edge, no
+    nodata neighbour). Low edges: non-flat cells at the same elevation next to a flat
+    cell (they drain). High edges: flat cells with a higher valid neighbour. Two
+    breadth-first gradients inside each flat (8-connected): ``tow`` = steps to the
+    nearest low edge, ``away`` = steps from the nearest high edge; combined as
+    ``2 * tow + (max_away - away)`` (or ``2 * tow`` on a flat without high edges).
+    Along a shortest path to a low edge this strictly decreases (``tow`` falls by 1,
+    ``away`` changes by at most 1), so pointing each flat cell at its steepest-falling
+    neighbour in this mask (same elevation, mask 0 for low edges) drains every flat that
+    has an outlet, without cycles. Needs fewer than 2**31 cells (int32 ids).
+
+    Returns (mask int32 (n,), number of flat cells). With ``assign`` the D8 codes of the
+    flat cells are written into ``fd`` (in place). Flats with no low edge (a DEM that
+    was not filled) keep 0.
+    """
+    ny, nx = z.shape
+    n = ny * nx
+    zf = z.ravel()
+    vf = valid.ravel()
+    ff = fd.ravel()
+    off = _DR * nx + _DC
+    mask = np.zeros(n, dtype=np.int32)
+    # pass 1: flat cells get a compact id (stored as id + 1 in mask)
+    nflat = 0
+    for r in range(1, ny - 1):
+        for c in range(1, nx - 1):
+            i = r * nx + c
+            if ff[i] != 0 or not vf[i]:
+                continue
+            seed = False
+            for k in range(8):
+                if not vf[i + off[k]]:
+                    seed = True
+                    break
+            if not seed:
+                nflat += 1
+                mask[i] = nflat
+    if nflat == 0:
+        return mask, 0
+    cells = np.empty(nflat, dtype=np.int32)
+    for i in range(n):
+        if mask[i] > 0:
+            cells[mask[i] - 1] = i
+    # pass 2: low edges (mark -1) and high edges
+    nlow = 0
+    nhigh = 0
+    tow = np.zeros(nflat, dtype=np.int32)
+    away = np.zeros(nflat, dtype=np.int32)
+    for f in range(nflat):
+        i = cells[f]
+        zc = zf[i]
+        high = False
+        for k in range(8):
+            j = i + off[k]
+            if not vf[j]:
+                continue
+            if zf[j] > zc:
+                high = True
+            elif zf[j] == zc and mask[j] == 0:
+                mask[j] = -1
+                nlow += 1
+        if high:
+            away[f] = -1  # provisional high-edge flag
+            nhigh += 1
+    queue = np.empty(max(nlow, nhigh) + nflat, dtype=np.int32)
+    # towards-lower BFS from the low edges
+    qt = 0
+    for f in range(nflat):
+        i = cells[f]
+        for k in range(8):
+            j = i + off[k]
+            if mask[j] == -1:
+                mask[j] = -2  # queued once
+                queue[qt] = j
+                qt += 1
+    qh = 0
+    while qh < qt:
+        i = queue[qh]
+        qh += 1
+        m = mask[i]
+        d = 0 if m < 0 else tow[m - 1]
+        zc = zf[i]
+        r = i // nx
+        c = i - r * nx
+        for k in range(8):
+            rr = r + _DR[k]
+            cc = c + _DC[k]
+            if rr < 0 or rr >= ny or cc < 0 or cc >= nx:
+                continue
+            j = rr * nx + cc
+            mj = mask[j]
+            if mj > 0 and tow[mj - 1] == 0 and zf[j] == zc:
+                tow[mj - 1] = d + 1
+                queue[qt] = j
+                qt += 1
+    # away-from-higher BFS. Barnes uses the largest ``away`` of each flat; any constant
+    # >= it gives the same order inside a flat (flats never touch each other: two
+    # neighbouring flat cells have the same elevation), so one global maximum serves.
+    height = 0
+    qt = 0
+    for f in range(nflat):
+        if away[f] == -1:
+            away[f] = 1
+            queue[qt] = cells[f]
+            qt += 1
+    qh = 0
+    while qh < qt:
+        i = queue[qh]
+        qh += 1
+        a = away[mask[i] - 1]
+        height = max(height, a)
+        for k in range(8):
+            j = i + off[k]
+            mj = mask[j]
+            if mj > 0 and away[mj - 1] == 0:
+                away[mj - 1] = a + 1
+                queue[qt] = j
+                qt += 1
+    # combined gradient; low edges back to 0
+    for f in range(nflat):
+        t = tow[f]
+        if t == 0:
+            continue  # no outlet (not a filled DEM): stays a pit
+        a = away[f]
+        v = 2 * t
+        if a > 0:
+            v += height - a
+        tow[f] = v
+    for f in range(nflat):
+        mask[cells[f]] = tow[f]
+    for i in range(n):
+        mask[i] = max(mask[i], 0)
+    if assign:
+        dd = math.sqrt(dx * dx + dy * dy)
+        dist = np.array([dx, dd, dy, dd, dx, dd, dy, dd])
+        for f in range(nflat):
+            i = cells[f]
+            mc = mask[i]
+            if mc == 0:
+                continue
+            zc = zf[i]
+            best = 0.0
+            code = 0
+            for k in range(8):
+                j = i + off[k]
+                if not vf[j] or zf[j] != zc:
+                    continue
+                s = (mc - mask[j]) / dist[k]
+                if s > best:
+                    best = s
+                    code = _CODES[k]
+            ff[i] = code
+    return mask, nflat
+
+
+@numba.njit(cache=True)
+def _catchments_numba(order, down, pid):
+    """Label of the first point on each cell's flow path (itself included), 0 if none."""
+    lab = np.zeros(down.size, dtype=np.int32)
+    for t in range(order.size - 1, -1, -1):
+        i = order[t]
+        p = pid[i]
+        if p > 0:
+            lab[i] = p
+        else:
+            d = down[i]
+            if d >= 0:
+                lab[i] = lab[d]
+    return lab
 
 
 @numba.njit(cache=True, parallel=True)
@@ -382,6 +599,62 @@ def _accumulate_numba(down, valid, acc):
             indeg[d] = 255  # reached: never a start cell for the outer loop
             j = d
     return m
+
+
+@numba.njit(cache=True)
+def _accumulate_fdir_numba(fdir, acc):
+    """acc[receiver] += acc[cell], upstream first, straight from the D8 codes (in place).
+
+    In-degree countdown (Kahn) walking downstream as pyflwdir/richdem do: no receiver
+    or order array, only a uint8 in-degree per cell. Returns (cells visited, cells with
+    codes that are not D8 codes); visited < valid cells means a cycle.
+    """
+    ny, nx = fdir.shape
+    n = ny * nx
+    ff = fdir.ravel()
+    indeg = np.zeros(n, dtype=np.uint8)
+    bad = 0
+    for r in range(ny):
+        for c in range(nx):
+            k = _CODE_TO_K[ff[r * nx + c]]
+            if k < 0:
+                if k == -3:
+                    bad += 1
+                continue
+            rr = r + _DR[k]
+            cc = c + _DC[k]
+            if rr < 0 or rr >= ny or cc < 0 or cc >= nx:
+                continue
+            j = rr * nx + cc
+            if ff[j] != 255:
+                indeg[j] += 1
+    if bad:
+        return 0, bad
+    m = 0
+    for i in range(n):
+        if indeg[i] != 0 or ff[i] == 255:
+            continue
+        j = i
+        while True:
+            m += 1
+            k = _CODE_TO_K[ff[j]]
+            if k < 0:
+                break
+            r = j // nx
+            rr = r + _DR[k]
+            cc = j - r * nx + _DC[k]
+            if rr < 0 or rr >= ny or cc < 0 or cc >= nx:
+                break
+            d = rr * nx + cc
+            if ff[d] == 255:
+                break
+            acc[d] += acc[j]
+            indeg[d] -= 1
+            if indeg[d] != 0:
+                break
+            indeg[d] = 255  # reached: never a start cell for the outer loop
+            j = d
+    return m, 0
 
 
 @numba.njit(cache=True)
@@ -518,6 +791,7 @@ def _reach_properties_numba(order, down, reaches, z, length, nreach):
 
 
 # --------------------------------------------------------------------------- public API
+@grid_function(units="m")
 def fill_depressions(dem, nodata=None, epsilon: bool = False) -> np.ndarray:
     """Fill depressions with Priority-Flood (Barnes et al. 2014), 8-connected.
 
@@ -580,7 +854,9 @@ def fill_depressions(dem, nodata=None, epsilon: bool = False) -> np.ndarray:
     return work
 
 
-def flow_direction_d8(filled, nodata=None, dx: float = 1.0, dy: float | None = None) -> np.ndarray:
+@grid_function()
+def flow_direction_d8(filled, nodata=None, dx: float = 1.0, dy: float | None = None,
+                      resolve_flats: bool = False) -> np.ndarray:
     """D8 flow directions by steepest descent (O'Callaghan & Mark 1984, pysheds' rule).
 
     Each valid cell points to the valid neighbour maximising drop / distance, with
@@ -601,6 +877,13 @@ def flow_direction_d8(filled, nodata=None, dx: float = 1.0, dy: float | None = N
         Nodata value of ``filled`` (NaN is always nodata for float input).
     dx, dy : float, m (or the raster's units)
         Cell size along x and y; ``dy`` defaults to ``dx``.
+    resolve_flats : bool
+        Give the flat cells of a (no-epsilon) filled DEM a direction as well, with the
+        flat mask of :func:`resolve_flats` (Barnes, Lehman & Mulla 2014b): on a flat each
+        cell points at its same-elevation neighbour with the steepest fall of the mask,
+        i.e. along the flat towards its outlet and away from higher ground. On a
+        Priority-Flood filled DEM every valid cell that is not on the grid edge or next
+        to nodata then drains (no interior 0, no cycles). Non-flat cells are unchanged.
 
     Returns
     -------
@@ -612,7 +895,50 @@ def flow_direction_d8(filled, nodata=None, dx: float = 1.0, dy: float | None = N
     valid = np.ascontiguousarray(_valid_mask(a, nodata))
     if a.dtype not in (np.float32, np.float64):
         a = a.astype(np.float64)
-    return _flow_direction_d8_numba(np.ascontiguousarray(a), valid, dxv, dyv)
+    a = np.ascontiguousarray(a)
+    fd = _flow_direction_d8_numba(a, valid, dxv, dyv)
+    if resolve_flats:
+        _check_int32_size(a)
+        _resolve_flats_numba(a, valid, fd, dxv, dyv, True)
+    return fd
+
+
+@grid_function()
+def resolve_flats(filled, nodata=None) -> np.ndarray:
+    """Flat mask (drainage increments) of a filled DEM (Barnes, Lehman & Mulla 2014b).
+
+    Flat cells are valid cells without a strictly lower valid neighbour that are not
+    outlets (not on the grid edge, no nodata neighbour). Inside each flat two
+    breadth-first gradients are combined: ``towards`` (steps to the nearest cell of the
+    same elevation that drains, a "low edge") and ``away`` (steps from the nearest flat
+    cell next to higher ground); ``mask = 2 * towards + (max(away) - away)`` (Barnes
+    takes the maximum per flat; one grid-wide maximum gives the same order inside each
+    flat, hence the same directions, without labelling the flats).
+    Following the falling mask leads every flat cell to its outlet, preferring paths
+    away from higher terrain. ``flow_direction_d8(..., resolve_flats=True)`` applies it.
+
+    Parameters
+    ----------
+    filled : ndarray (y, x), m
+        Depression-filled elevations (``fill_depressions(dem)``, no epsilon).
+    nodata : float or int, optional
+        Nodata value (NaN is always nodata for float input).
+
+    Returns
+    -------
+    mask : ndarray (y, x) int32
+        > 0 on flat cells that can drain (larger = further from the outlet), 0 elsewhere
+        (including flats with no outlet, i.e. pits of a DEM that was not filled).
+    """
+    a = as_2d("filled", filled, kinds="fiu")
+    valid = np.ascontiguousarray(_valid_mask(a, nodata))
+    if a.dtype not in (np.float32, np.float64):
+        a = a.astype(np.float64)
+    a = np.ascontiguousarray(a)
+    _check_int32_size(a)
+    fd = _flow_direction_d8_numba(a, valid, 1.0, 1.0)
+    mask, _ = _resolve_flats_numba(a, valid, fd, 1.0, 1.0, False)
+    return mask.reshape(a.shape)
 
 
 def downstream_index(fdir) -> np.ndarray:
@@ -683,6 +1009,7 @@ def topological_order(fdir) -> np.ndarray:
     return _order(fd, _downstream(fd))
 
 
+@grid_function()
 def flow_accumulation_d8(fdir, weights=None) -> np.ndarray:
     """Upstream cell count (the cell itself included) or upstream sum of ``weights``.
 
@@ -700,7 +1027,6 @@ def flow_accumulation_d8(fdir, weights=None) -> np.ndarray:
         neighbour outside the grid or onto nodata leaves the model.
     """
     fd = _check_fdir(fdir)
-    down = _downstream(fd)
     valid = fd != 255
     if weights is None:
         acc = valid.astype(np.float64).ravel()
@@ -710,12 +1036,67 @@ def flow_accumulation_d8(fdir, weights=None) -> np.ndarray:
         if w.dtype.kind not in "fiub":
             raise ModelError(f"weights must be numeric; got dtype {w.dtype}.")
         acc = np.where(valid, w, 0.0).astype(np.float64).ravel()
-    m = _accumulate_numba(down, valid.ravel(), acc)
+    m, nbad = _accumulate_fdir_numba(fd, acc)
+    if nbad:
+        _downstream(fd)  # raises the ModelError that names the bad codes
     _check_visited(m, valid)
     acc = acc.reshape(fd.shape)
     if not valid.all():
         acc[~valid] = np.nan
     return acc
+
+
+def catchments(fdir, points) -> np.ndarray:
+    """Label the cells upstream of a set of points (one pass, O(n)).
+
+    Each cell gets the label of the first point on its D8 flow path, the cell itself
+    included, so nested points split a basin: a cell upstream of two points belongs to
+    the first one its water reaches.
+
+    Parameters
+    ----------
+    fdir : ndarray (y, x) uint8
+        ESRI D8 codes.
+    points : array_like
+        Flat indices ``y * nx + x`` (shape (k,)) or ``(row, col)`` pairs (shape (k, 2)).
+        Point ``p`` (0-based position in ``points``) gets label ``p + 1``; if a cell is
+        given twice, its first position counts.
+
+    Returns
+    -------
+    labels : ndarray (y, x) int32
+        1..k upstream of (and at) the points, 0 where no point is reached and on nodata.
+
+    Raises
+    ------
+    ModelError
+        If a point lies outside the grid or on a nodata cell, or ``fdir`` is invalid or
+        has a cycle.
+    """
+    fd = _check_fdir(fdir)
+    ny, nx = fd.shape
+    p = np.asarray(points)
+    if p.dtype.kind not in "iu":
+        raise ModelError(f"points must be integer flat indices or (row, col) pairs; got dtype {p.dtype}.")
+    if p.ndim == 2 and p.shape[1] == 2:
+        rows, cols = p[:, 0].astype(np.int64), p[:, 1].astype(np.int64)
+        if np.any((rows < 0) | (rows >= ny) | (cols < 0) | (cols >= nx)):
+            raise ModelError(f"points have (row, col) pairs outside the grid of shape {fd.shape}.")
+        flat = rows * nx + cols
+    elif p.ndim <= 1:
+        flat = p.reshape(-1).astype(np.int64)
+        if np.any((flat < 0) | (flat >= fd.size)):
+            raise ModelError(f"points have flat indices outside 0..{fd.size - 1}.")
+    else:
+        raise ModelError(f"points must have shape (k,) or (k, 2); got {p.shape}.")
+    if np.any(fd.ravel()[flat] == 255):
+        raise ModelError("some points lie on nodata cells (fdir == 255); move them onto the channel.")
+    pid = np.zeros(fd.size, dtype=np.int32)
+    uniq, first = np.unique(flat, return_index=True)  # the first position of a repeated cell wins
+    pid[uniq] = (first + 1).astype(np.int32)
+    down = _downstream(fd)
+    order = _order(fd, down)
+    return _catchments_numba(order, down, pid).reshape(fd.shape)
 
 
 def drainage_network(acc, threshold: float) -> np.ndarray:
