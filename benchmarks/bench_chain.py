@@ -55,13 +55,7 @@ def prepare(n: int, cell: float):
     slope = T.d8_slope(filled, fd, cell, cell)
     length, rslope = T.reach_properties(reach, fd, filled, cell, cell)
     nreach = int(reach.max())
-    flat = reach.ravel()
-    idx = np.flatnonzero(flat)
-    ids = flat[idx]
-    o = np.lexsort((acc.ravel()[idx], ids))
-    last = np.r_[np.flatnonzero(np.diff(ids[o])), ids.size - 1]
-    outlet = np.full(nreach + 1, -1, dtype=np.int64)
-    outlet[ids[o][last]] = idx[o][last]
+    outlet = T.reach_outlets(reach, acc)
     length = np.maximum(length, cell)
     rating = I.synthetic_rating_curves(np.nan_to_num(hand, nan=np.inf), roc, length, rslope, 0.06, cell * cell,
                                        STAGES)

@@ -1206,6 +1206,36 @@ def reach_catchments(fdir, reaches) -> np.ndarray:
     return out.reshape(fd.shape)
 
 
+def reach_outlets(reaches, acc) -> np.ndarray:
+    """Flat index of each reach's most downstream cell (its largest accumulation).
+
+    Parameters
+    ----------
+    reaches : ndarray (y, x) int
+        Reach ids 1..n on channel cells, 0 elsewhere (:func:`label_reaches`).
+    acc : ndarray (y, x)
+        Flow accumulation (:func:`flow_accumulation_d8`).
+
+    Returns
+    -------
+    outlet : ndarray (n + 1,) int64
+        ``y * nx + x`` of reach r's outlet at index r; -1 at index 0 and for ids not used.
+    """
+    r = as_2d("reaches", reaches, kinds="iu")
+    a = as_2d("acc", acc, kinds="fiu")
+    if a.shape != r.shape:
+        raise ModelError(f"acc has shape {a.shape} but reaches has {r.shape}; use the same grid.")
+    flat = r.ravel()
+    idx = np.flatnonzero(flat)
+    ids = flat[idx]
+    outlet = np.full(int(flat.max(initial=0)) + 1, -1, dtype=np.int64)
+    if idx.size:
+        order = np.lexsort((a.ravel()[idx], ids))
+        last = np.r_[np.flatnonzero(np.diff(ids[order])), ids.size - 1]
+        outlet[ids[order][last]] = idx[order][last]
+    return outlet
+
+
 def reach_properties(reaches, fdir, filled, dx: float = 1.0, dy: float | None = None,
                      min_slope: float = 1e-4) -> tuple[np.ndarray, np.ndarray]:
     """Channel length and mean bed slope of every reach.

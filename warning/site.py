@@ -217,20 +217,15 @@ class Site:
         threshold_cells = m.drainage_threshold_km2 * 1e6 / self.cell_area
         drainage = terrain.drainage_network(acc, threshold_cells) & self.valid
         reach = terrain.label_reaches(fdir, drainage, max_length=m.reach_max_length_cells)
-        nearest = terrain.nearest_drainage(fdir, drainage)
         hand = terrain.hand(filled, fdir, drainage)
         slope = terrain.d8_slope(filled, fdir, self.dx, self.dy)
-        flat_reach = reach.ravel()
-        reach_of_cell = np.where(nearest >= 0, flat_reach[np.maximum(nearest, 0)], 0)
-        reach_of_cell = reach_of_cell.reshape(reach.shape).astype(np.int32)
+        reach_of_cell = terrain.reach_catchments(fdir, reach)
         n_reach = int(reach.max())
-        # per reach: outlet (largest accumulation), length and mean bed slope
+        outlet = terrain.reach_outlets(reach, acc)
+        # per reach: length and mean bed slope of its channel cells
+        flat_reach = reach.ravel()
         idx = np.flatnonzero(flat_reach)
         ids = flat_reach[idx]
-        order = np.lexsort((acc.ravel()[idx], ids))
-        last = np.r_[np.flatnonzero(np.diff(ids[order])), ids.size - 1]
-        outlet = np.full(n_reach + 1, -1, dtype=np.int64)
-        outlet[ids[order][last]] = idx[order][last]
         counts = np.bincount(ids, minlength=n_reach + 1).astype(np.float64)
         length = np.maximum(counts, 1.0) * 0.5 * (self.dx + self.dy)
         slope_sum = np.bincount(ids, weights=slope.ravel()[idx], minlength=n_reach + 1)

@@ -692,3 +692,21 @@ def test_fortworth_d8_equals_brute_force(pysheds_run):
     filled = T.fill_depressions(pysheds_run["dem"], epsilon=True)
     fd = T.flow_direction_d8(filled, dx=pysheds_run["dx"], dy=pysheds_run["dy"])
     _brute_d8_check(filled, np.ones(filled.shape, bool), fd, pysheds_run["dx"], pysheds_run["dy"])
+
+
+def test_reach_outlets_are_each_reachs_lowest_cell():
+    rng = np.random.default_rng(11)
+    yy, xx = np.mgrid[0:60, 0:70]
+    dem = (0.05 * xx + 0.03 * np.abs(yy - 30) + rng.random((60, 70))).astype(np.float64)
+    fd = T.flow_direction_d8(T.fill_depressions(dem, epsilon=True))
+    acc = T.flow_accumulation_d8(fd)
+    reaches = T.label_reaches(fd, T.drainage_network(acc, 25), max_length=8)
+    outlet = T.reach_outlets(reaches, acc)
+    assert outlet[0] == -1 and outlet.size == reaches.max() + 1
+    down = T.downstream_index(fd).ravel()
+    for r in range(1, reaches.max() + 1):
+        cells = np.flatnonzero(reaches.ravel() == r)
+        best = cells[np.argmax(acc.ravel()[cells])]
+        assert outlet[r] == best
+        # brute force: the outlet's receiver leaves the reach (or the grid)
+        assert down[best] < 0 or reaches.ravel()[down[best]] != r
