@@ -191,6 +191,16 @@ _INDEX_MASK = np.int64(0xFFFFFFFF)
 
 
 @numba.njit(cache=True)
+def _heap_grow(hz, hk, size):
+    """Double the heap's capacity, keeping its first ``size`` entries."""
+    hz2 = np.empty(2 * hz.size, dtype=hz.dtype)
+    hk2 = np.empty(2 * hk.size, dtype=hk.dtype)
+    hz2[:size] = hz[:size]
+    hk2[:size] = hk[:size]
+    return hz2, hk2
+
+
+@numba.njit(cache=True)
 def _fill_depressions_numba(z, valid, epsilon, inf):
     """Priority-Flood (+pit queue; +epsilon) in place on ``z`` (2-D float array).
 
@@ -240,14 +250,8 @@ def _fill_depressions_numba(z, valid, epsilon, inf):
                         seed = True
                         break
             if seed:
-                if size == cap:
-                    cap *= 2
-                    hz2 = np.empty(cap, dtype=z.dtype)
-                    hk2 = np.empty(cap, dtype=np.int64)
-                    hz2[:size] = hz[:size]
-                    hk2[:size] = hk[:size]
-                    hz = hz2
-                    hk = hk2
+                if size == hz.size:
+                    hz, hk = _heap_grow(hz, hk, size)
                 size = _heap_push(hz, hk, size, zf[i], (cnt << 32) | i)
                 cnt += 1
                 closed[i] = 1
@@ -284,14 +288,8 @@ def _fill_depressions_numba(z, valid, epsilon, inf):
                 pit[ptail] = j
                 ptail += 1
                 continue
-            if size == cap:
-                cap *= 2
-                hz2 = np.empty(cap, dtype=z.dtype)
-                hk2 = np.empty(cap, dtype=np.int64)
-                hz2[:size] = hz[:size]
-                hk2[:size] = hk[:size]
-                hz = hz2
-                hk = hk2
+            if size == hz.size:
+                hz, hk = _heap_grow(hz, hk, size)
             size = _heap_push(hz, hk, size, zf[j], (cnt << 32) | j)
             cnt += 1
     return z

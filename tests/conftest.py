@@ -11,6 +11,11 @@ SHARED = REPO.parent / "shared"
 DEMO_CONFIG = REPO / "config" / "demo.toml"
 
 
+def demo_config_text() -> str:
+    """The demo config's TOML with its relative paths made absolute, to write elsewhere."""
+    return DEMO_CONFIG.read_text().replace('"../', f'"{REPO}/')
+
+
 def shared_path(*parts: str) -> Path:
     """A file in ../shared, or skip the test with the reason when it is absent."""
     p = SHARED.joinpath(*parts)

@@ -7,7 +7,7 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import DEMO_CONFIG
+from tests.conftest import DEMO_CONFIG, demo_config_text
 from warning.cli import app
 from warning.config import load_config
 from warning.errors import ConfigError
@@ -25,10 +25,7 @@ def test_demo_config_is_valid():
 
 
 def _broken(tmp_path, edit):
-    text = DEMO_CONFIG.read_text()
-    # keep relative paths working from the temp folder
-    text = text.replace('"../', f'"{DEMO_CONFIG.parent.parent}/')
-    text = edit(text)
+    text = edit(demo_config_text())
     p = tmp_path / "broken.toml"
     p.write_text(text)
     return p

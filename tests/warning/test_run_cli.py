@@ -10,12 +10,12 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.alerts.twilio_fake import FakeTwilio
-from tests.conftest import DEMO_CONFIG
+from tests.conftest import demo_config_text
 from warning.cli import app
 
 
 def _config_in(tmp_path) -> str:
-    text = DEMO_CONFIG.read_text().replace('"../', f'"{DEMO_CONFIG.parent.parent}/')
+    text = demo_config_text()
     text = re.sub(r'output_dir = "[^"]*"', f'output_dir = "{tmp_path / "out"}"', text)
     p = tmp_path / "site.toml"
     p.write_text(text)
