@@ -138,66 +138,68 @@ def _dy(dx: float, dy) -> tuple[float, float]:
 
 
 # --------------------------------------------------------------------------- kernels
-@numba.njit(cache=True)
-def _heap_push(hz, hk, size, z, key):
-    """Push (z, key) onto a binary min-heap stored in two arrays; return the new size.
+@numba.njit(cache=True, inline="always")
+def _heap_push(hz, hi, size, z, idx):
+    """Push (z, idx) onto a 4-ary min-heap on z stored in two arrays; return the new size.
 
-    ``key = counter << 32 | flat index``: comparing keys compares insertion counters,
-    so equal elevations leave the heap first-in first-out.
+    Four children per node halve the depth of a binary heap and keep siblings in one
+    cache line. Equal elevations leave in no particular order: Priority-Flood's result
+    does not depend on it (with or without epsilon, every raised cell still gets the
+    lowest spill level of its reaching cell).
     """
     pos = size
     while pos > 0:
-        parent = (pos - 1) >> 1
+        parent = (pos - 1) >> 2
         pz = hz[parent]
-        if z < pz or (z == pz and key < hk[parent]):
+        if z < pz:
             hz[pos] = pz
-            hk[pos] = hk[parent]
+            hi[pos] = hi[parent]
             pos = parent
         else:
             break
     hz[pos] = z
-    hk[pos] = key
+    hi[pos] = idx
     return size + 1
 
 
-@numba.njit(cache=True)
-def _heap_pop(hz, hk, size):
+@numba.njit(cache=True, inline="always")
+def _heap_pop(hz, hi, size):
     """Remove the top of the heap (read it first from index 0); return the new size."""
     size -= 1
     z = hz[size]
-    key = hk[size]
+    idx = hi[size]
     pos = 0
     while True:
-        child = 2 * pos + 1
-        if child >= size:
+        first = 4 * pos + 1
+        if first >= size:
             break
-        right = child + 1
-        if right < size and (hz[right] < hz[child] or (hz[right] == hz[child] and hk[right] < hk[child])):
-            child = right
-        cz = hz[child]
-        if cz < z or (cz == z and hk[child] < key):
-            hz[pos] = cz
-            hk[pos] = hk[child]
-            pos = child
+        best = first
+        bz = hz[first]
+        for ch in range(first + 1, min(first + 4, size)):
+            cz = hz[ch]
+            if cz < bz:
+                bz = cz
+                best = ch
+        if bz < z:
+            hz[pos] = bz
+            hi[pos] = hi[best]
+            pos = best
         else:
             break
     if size > 0:
         hz[pos] = z
-        hk[pos] = key
+        hi[pos] = idx
     return size
 
 
-_INDEX_MASK = np.int64(0xFFFFFFFF)
-
-
 @numba.njit(cache=True)
-def _heap_grow(hz, hk, size):
+def _heap_grow(hz, hi, size):
     """Double the heap's capacity, keeping its first ``size`` entries."""
     hz2 = np.empty(2 * hz.size, dtype=hz.dtype)
-    hk2 = np.empty(2 * hk.size, dtype=hk.dtype)
+    hi2 = np.empty(2 * hi.size, dtype=hi.dtype)
     hz2[:size] = hz[:size]
-    hk2[:size] = hk[:size]
-    return hz2, hk2
+    hi2[:size] = hi[:size]
+    return hz2, hi2
 
 
 @numba.njit(cache=True)
@@ -206,16 +208,15 @@ def _fill_depressions_numba(z, valid, epsilon, inf):
 
     ``valid`` is a 2-D boolean mask; ``inf`` is +inf in ``z``'s dtype (for nextafter).
     Seeds: valid grid-edge cells and valid cells with a nodata neighbour. The open
-    queue is a binary heap keyed on (elevation, insertion counter); raised cells go
-    through a FIFO pit queue (Barnes et al. 2014, Alg. 2 and 3).
+    queue is a 4-ary heap on elevation (int32 cell indices); raised cells go through a
+    FIFO pit queue (Barnes et al. 2014, Alg. 2 and 3).
 
     The heap grows on demand (it holds the flood front, typically well under 1 % of
     the cells); the pit queue is int32. An upslope-tracing variant (Zhou, Sun & Fu
     2016: cells climbing from the front skip the heap) was measured slower on the
     benchmark DEMs (noisy terrain: most traced cells still border lower unclosed cells
     and end up on the heap after an extra neighbour scan), so it is not used.
-    Grids must have fewer than 2**31 cells (int32 indices; counter and index share one
-    int64 key).
+    Grids must have fewer than 2**31 cells (int32 indices).
     """
     ny, nx = z.shape
     n = ny * nx
@@ -232,10 +233,9 @@ def _fill_depressions_numba(z, valid, epsilon, inf):
     off = _DR * nx + _DC
     cap = max(1024, 4 * (ny + nx))
     hz = np.empty(cap, dtype=z.dtype)
-    hk = np.empty(cap, dtype=np.int64)
+    hi = np.empty(cap, dtype=np.int32)
     pit = np.empty(n, dtype=np.int32)  # every cell enters at most once
     size = 0
-    cnt = 0
     phead = 0
     ptail = 0
     for r in range(ny):
@@ -251,21 +251,20 @@ def _fill_depressions_numba(z, valid, epsilon, inf):
                         break
             if seed:
                 if size == hz.size:
-                    hz, hk = _heap_grow(hz, hk, size)
-                size = _heap_push(hz, hk, size, zf[i], (cnt << 32) | i)
-                cnt += 1
+                    hz, hi = _heap_grow(hz, hi, size)
+                size = _heap_push(hz, hi, size, zf[i], i)
                 closed[i] = 1
     while size > 0 or phead < ptail:
         if phead < ptail:
             if epsilon and size > 0 and hz[0] == zf[pit[phead]]:
-                i = hk[0] & _INDEX_MASK
-                size = _heap_pop(hz, hk, size)
+                i = hi[0]
+                size = _heap_pop(hz, hi, size)
             else:
                 i = pit[phead]
                 phead += 1
         else:
-            i = hk[0] & _INDEX_MASK
-            size = _heap_pop(hz, hk, size)
+            i = hi[0]
+            size = _heap_pop(hz, hi, size)
         zc = zf[i]
         spill = np.nextafter(zc, inf) if epsilon else zc
         r = i // nx
@@ -289,9 +288,8 @@ def _fill_depressions_numba(z, valid, epsilon, inf):
                 ptail += 1
                 continue
             if size == hz.size:
-                hz, hk = _heap_grow(hz, hk, size)
-            size = _heap_push(hz, hk, size, zf[j], (cnt << 32) | j)
-            cnt += 1
+                hz, hi = _heap_grow(hz, hi, size)
+            size = _heap_push(hz, hi, size, zf[j], j)
     return z
 
 
@@ -599,60 +597,114 @@ def _accumulate_numba(down, valid, acc):
     return m
 
 
-@numba.njit(cache=True)
-def _accumulate_fdir_numba(fdir, acc):
+@numba.njit(cache=True, inline="always")
+def _walk_down(ff, acc, indeg, j, r, c, ny, nx, r_lo, r_hi, off, pend, npend):
+    """Kahn walk from the finished cell j at (r, c): add it to its receiver, and go on
+    while the receiver has no donor left. A receiver outside rows [r_lo, r_hi) is not
+    touched: j goes to ``pend`` instead. Returns (cells finished, npend)."""
+    m = 0
+    while True:
+        m += 1
+        k = _CODE_TO_K[ff[j]]
+        if k < 0:
+            break
+        r += _DR[k]
+        c += _DC[k]
+        if r < 0 or r >= ny or c < 0 or c >= nx:
+            break
+        d = j + off[k]
+        if ff[d] == 255:
+            break
+        if r < r_lo or r >= r_hi:
+            pend[npend] = j
+            npend += 1
+            break
+        acc[d] += acc[j]
+        indeg[d] -= 1
+        if indeg[d] != 0:
+            break
+        indeg[d] = 255  # reached: never a start cell for the outer loop
+        j = d
+    return m, npend
+
+
+@numba.njit(cache=True, parallel=True)
+def _accumulate_fdir_numba(fdir, acc, counts, nband):
     """acc[receiver] += acc[cell], upstream first, straight from the D8 codes (in place).
 
     In-degree countdown (Kahn) walking downstream as pyflwdir/richdem do: no receiver
-    or order array, only a uint8 in-degree per cell. Returns (cells visited, cells with
-    codes that are not D8 codes); visited < valid cells means a cycle.
+    or order array, only a uint8 in-degree per cell, counted by gathering (each cell
+    looks at which neighbours point to it), so rows go in parallel. With ``counts`` the
+    accumulator is first set to 1 on valid cells (0 elsewhere). The walk runs in
+    ``nband`` row bands in parallel; a finished cell whose receiver lies in another band
+    is set aside, and those cells are walked on one by one afterwards, so every cell is
+    still added to its receiver once, after all its donors. Returns (cells visited,
+    valid cells, cells with codes that are not D8 codes); visited < valid means a cycle.
     """
     ny, nx = fdir.shape
-    n = ny * nx
     ff = fdir.ravel()
-    indeg = np.zeros(n, dtype=np.uint8)
+    indeg = np.empty(ny * nx, dtype=np.uint8)
     bad = 0
-    for r in range(ny):
+    nvalid = 0
+    for r in prange(ny):
         for c in range(nx):
-            k = _CODE_TO_K[ff[r * nx + c]]
-            if k < 0:
-                if k == -3:
-                    bad += 1
+            i = r * nx + c
+            code = ff[i]
+            kc = _CODE_TO_K[code]
+            if kc == -3:
+                bad += 1
+            if code == 255:
+                indeg[i] = 0
+                if counts:
+                    acc[i] = 0.0
                 continue
-            rr = r + _DR[k]
-            cc = c + _DC[k]
-            if rr < 0 or rr >= ny or cc < 0 or cc >= nx:
-                continue
-            j = rr * nx + cc
-            if ff[j] != 255:
-                indeg[j] += 1
+            nvalid += 1
+            if counts:
+                acc[i] = 1.0
+            cnt = 0
+            for k in range(8):
+                rr = r - _DR[k]
+                cc = c - _DC[k]
+                if rr >= 0 and rr < ny and cc >= 0 and cc < nx and ff[rr * nx + cc] == _CODES[k]:
+                    cnt += 1
+            indeg[i] = cnt
     if bad:
-        return 0, bad
-    m = 0
-    for i in range(n):
-        if indeg[i] != 0 or ff[i] == 255:
-            continue
-        j = i
-        while True:
-            m += 1
-            k = _CODE_TO_K[ff[j]]
-            if k < 0:
-                break
+        return 0, nvalid, bad
+    off = _DR * nx + _DC
+    nband = max(1, min(nband, ny // 64))
+    pend = np.empty((nband, 2 * nx + 2), dtype=np.int64)  # cells of a band's first and last rows
+    npend = np.zeros(nband, dtype=np.int64)
+    mb = np.zeros(nband, dtype=np.int64)
+    for b in prange(nband):
+        r_lo = b * ny // nband
+        r_hi = (b + 1) * ny // nband
+        m = 0
+        npb = 0
+        for r0 in range(r_lo, r_hi):
+            for c0 in range(nx):
+                i = r0 * nx + c0
+                if indeg[i] != 0 or ff[i] == 255:
+                    continue
+                dm, npb = _walk_down(ff, acc, indeg, i, r0, c0, ny, nx, r_lo, r_hi, off, pend[b], npb)
+                m += dm
+        mb[b] = m
+        npend[b] = npb
+    m = mb.sum()
+    dummy = np.empty(1, dtype=np.int64)
+    for b in range(nband):
+        for e in range(npend[b]):
+            j = pend[b, e]
             r = j // nx
-            rr = r + _DR[k]
-            cc = j - r * nx + _DC[k]
-            if rr < 0 or rr >= ny or cc < 0 or cc >= nx:
-                break
-            d = rr * nx + cc
-            if ff[d] == 255:
-                break
+            c = j - r * nx
+            k = _CODE_TO_K[ff[j]]
+            d = j + off[k]
             acc[d] += acc[j]
             indeg[d] -= 1
-            if indeg[d] != 0:
-                break
-            indeg[d] = 255  # reached: never a start cell for the outer loop
-            j = d
-    return m, 0
+            if indeg[d] == 0:
+                indeg[d] = 255
+                dm, _ = _walk_down(ff, acc, indeg, d, r + _DR[k], c + _DC[k], ny, nx, 0, ny, off, dummy, 0)
+                m += dm
+    return m, nvalid, 0
 
 
 @numba.njit(cache=True)
@@ -1025,22 +1077,22 @@ def flow_accumulation_d8(fdir, weights=None) -> np.ndarray:
         neighbour outside the grid or onto nodata leaves the model.
     """
     fd = _check_fdir(fdir)
-    valid = fd != 255
     if weights is None:
-        acc = valid.astype(np.float64).ravel()
+        acc = np.empty(fd.size, dtype=np.float64)
     else:
         w = np.asarray(weights)
         same_shape("weights", w, "fdir", fd)
         if w.dtype.kind not in "fiub":
             raise ModelError(f"weights must be numeric; got dtype {w.dtype}.")
-        acc = np.where(valid, w, 0.0).astype(np.float64).ravel()
-    m, nbad = _accumulate_fdir_numba(fd, acc)
+        acc = np.where(fd != 255, w, 0.0).astype(np.float64).ravel()
+    m, nvalid, nbad = _accumulate_fdir_numba(fd, acc, weights is None, numba.get_num_threads())
     if nbad:
         _downstream(fd)  # raises the ModelError that names the bad codes
-    _check_visited(m, valid)
+    if m != nvalid:
+        _check_visited(m, fd != 255)
     acc = acc.reshape(fd.shape)
-    if not valid.all():
-        acc[~valid] = np.nan
+    if nvalid != fd.size:
+        acc[fd == 255] = np.nan
     return acc
 
 
