@@ -107,7 +107,9 @@ def _solve_kinematic_u_numba(rhs, c, u0):
     slow starts restart from the upper bound ``min(rhs**0.2, (rhs/c)**(1/3))``, which is
     within a factor 2**(1/3) of the root. Halley's step (cubic convergence) is used
     where its denominator is safe, Newton's otherwise; stops when the step is below
-    1e-7 of u (the error is then far below 1e-14).
+    1e-4 of u: with cubic convergence the error left is then of order (1e-4)**3 of u,
+    below float64 rounding of Q = u**5 (the mass balance does not depend on it: storage
+    comes from the continuity equation).
     """
     if not (rhs > _RHS_FLOOR):
         return 0.0
@@ -140,7 +142,7 @@ def _solve_kinematic_u_numba(rhs, c, u0):
             if f < 0.0 or un > ub:
                 u = ub
                 continue
-        if abs(un - u) <= 1e-7 * un:
+        if abs(un - u) <= 1e-4 * un:
             return un
         u = un
     return u
@@ -155,17 +157,18 @@ def _solve_kinematic_numba(rhs, c, guess):
 
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
-def _route_kinematic_serial_numba(order, down, alpha, length, lateral, cell_area, dt_s, substeps,
+def _route_kinematic_serial_numba(order, down, alpha, length, cfac, lateral, cell_area, dt_s, substeps,
                                   q0, record, q_max, t_max, q_record, q_final, outflow, storage_final,
                                   storage_initial):
     """Route (member, time, cell) lateral inflow (mm/h) through the D8 graph (plain sweep).
 
     The reference for :func:`_route_kinematic_numba` (used by tests and benchmarks).
     ``order``/``down`` are the topological order and receivers (flat, -1 = leaves);
-    ``alpha``/``length`` per cell; ``q0`` (member, cell) initial discharge. Outputs are
-    written in place. Returns the count of bad lateral values (all members).
-    Parallel over members; each member keeps three cell-sized state vectors:
-    ``u = Q**0.2`` (the solver's variable), the cross-section ``A`` and the inflow sum.
+    ``alpha``/``length``/``cfac`` (``alpha * length / dt``) per cell; ``q0`` (member,
+    cell) initial discharge. Outputs are written in place. Returns the count of bad
+    lateral values (all members). Parallel over members; each member keeps three
+    cell-sized state vectors: ``u = Q**0.2`` (the solver's variable), the storage term
+    ``A L / dt`` (m3/s) and the inflow sum.
     """
     nm, nt, n = lateral.shape
     ncell = order.size
@@ -175,17 +178,9 @@ def _route_kinematic_serial_numba(order, down, alpha, length, lateral, cell_area
     bad = np.zeros(nm, dtype=np.int64)
     for m in prange(nm):
         u = np.zeros(n, dtype=np.float64)
-        area = np.zeros(n, dtype=np.float64)
+        store = np.zeros(n, dtype=np.float64)
         qin = np.zeros(n, dtype=np.float64)
-        s0 = 0.0
-        for t_ in range(ncell):
-            i = order[t_]
-            ui = q0[m, i] ** 0.2
-            u[i] = ui
-            area[i] = alpha[i] * ui * ui * ui
-            s0 += area[i] * length[i]
-            q_max[m, i] = -1.0
-        storage_initial[m] = s0
+        storage_initial[m] = _initial_state(order, alpha, length, dt, q0[m], u, store, qin, q_max[m])
         vol_out = 0.0
         for t in range(nt):
             for _ in range(substeps):
@@ -196,15 +191,7 @@ def _route_kinematic_serial_numba(order, down, alpha, length, lateral, cell_area
                     if not (rate >= 0.0 and rate < np.inf):
                         bad[m] += 1
                         rate = 0.0
-                    li = length[i]
-                    rhs = qin[i] + rate * conv + area[i] * li / dt
-                    un = _solve_kinematic_u_numba(rhs, alpha[i] * li / dt, u[i])
-                    qn = un * un * un * un * un
-                    qn = min(qn, rhs)
-                    u[i] = un
-                    qin[i] = 0.0
-                    # storage from the continuity equation itself: exact mass balance
-                    area[i] = (rhs - qn) * dt / li
+                    qn = _cell_update(i, rate * conv, qin, u, store, cfac)
                     d = down[i]
                     if d >= 0:
                         qin[d] += qn
@@ -218,14 +205,36 @@ def _route_kinematic_serial_numba(order, down, alpha, length, lateral, cell_area
                 ur = u[record[r]]
                 q_record[m, t, r] = ur * ur * ur * ur * ur
         outflow[m] = vol_out
-        sf = 0.0
-        for t_ in range(ncell):
-            i = order[t_]
-            ui = u[i]
-            q_final[m, i] = ui * ui * ui * ui * ui
-            sf += area[i] * length[i]
-        storage_final[m] = sf
+        storage_final[m] = _final_state(order, dt, u, store, q_final[m])
     return bad.sum()
+
+
+@numba.njit(cache=True)
+def _initial_state(order, alpha, length, dt, q0, u, store, qin, q_max):
+    """State of one member from its initial discharge; returns the storage sum(A L) (m3)."""
+    s0 = 0.0
+    for t_ in range(order.size):
+        i = order[t_]
+        ui = q0[i] ** 0.2
+        u[i] = ui
+        a = alpha[i] * ui * ui * ui * length[i]  # A L, m3
+        s0 += a
+        store[i] = a / dt
+        qin[i] = 0.0
+        q_max[i] = -1.0
+    return s0
+
+
+@numba.njit(cache=True)
+def _final_state(order, dt, u, store, q_final):
+    """Final discharge of one member (in place); returns the storage sum(A L) (m3)."""
+    sf = 0.0
+    for t_ in range(order.size):
+        i = order[t_]
+        ui = u[i]
+        q_final[i] = ui * ui * ui * ui * ui
+        sf += store[i] * dt
+    return sf
 
 
 @numba.njit(cache=True)
@@ -315,25 +324,28 @@ def _partition_numba(order, down, acc, max_part):
 
 
 @numba.njit(cache=True, error_model="numpy", inline="always")
-def _cell_update(i, rate, qin, u, area, alpha, length, dt):
-    """One implicit step of cell i; returns the new discharge (state updated in place)."""
-    li = length[i]
-    rhs = qin[i] + rate + area[i] * li / dt
+def _cell_update(i, lat, qin, u, store, cfac):
+    """One implicit step of cell i; returns the new discharge (state updated in place).
+
+    ``store`` is the storage term ``A L / dt`` (m3/s), ``cfac`` = ``alpha L / dt``,
+    ``lat`` the lateral inflow (m3/s). The new storage comes from the continuity
+    equation itself (``rhs - Q``), so mass balances to rounding.
+    """
+    rhs = qin[i] + lat + store[i]
     qin[i] = 0.0
     if not (rhs > _RHS_FLOOR):  # dry: no solver, the water (if any) stays in storage
         u[i] = 0.0
-        area[i] = rhs * dt / li
+        store[i] = rhs
         return 0.0
-    un = _solve_kinematic_u_numba(rhs, alpha[i] * li / dt, u[i])
-    qn = un * un * un * un * un
-    qn = min(qn, rhs)
+    un = _solve_kinematic_u_numba(rhs, cfac[i], u[i])
+    qn = min(un * un * un * un * un, rhs)
     u[i] = un
-    area[i] = (rhs - qn) * dt / li  # storage from the continuity equation: exact mass balance
+    store[i] = rhs - qn
     return qn
 
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
-def _route_kinematic_numba(order, down, alpha, length, lateral, cell_area, dt_s, substeps, q0, record,
+def _route_kinematic_numba(order, down, alpha, length, cfac, lateral, cell_area, dt_s, substeps, q0, record,
                            part, part_ptr, part_cells, up_ptr, up_idx, bin_ptr, bin_parts, p2_cell, p2_part,
                            rec_ptr, rec_idx,
                            q_max, t_max, q_record, q_final, outflow, storage_final, storage_initial):
@@ -353,21 +365,12 @@ def _route_kinematic_numba(order, down, alpha, length, lateral, cell_area, dt_s,
     conv = cell_area * _MMH_TO_MS
     bad = np.zeros(nbin + 1, dtype=np.int64)
     u = np.zeros(n, dtype=np.float64)
-    area = np.zeros(n, dtype=np.float64)
+    store = np.zeros(n, dtype=np.float64)
     qin = np.zeros(n, dtype=np.float64)
     qnew = np.zeros(n, dtype=np.float64)
     rootq = np.zeros((npart, nsub), dtype=np.float64)
     for m in range(nm):
-        s0 = 0.0
-        for t_ in range(ncell):
-            i = order[t_]
-            ui = q0[m, i] ** 0.2
-            u[i] = ui
-            area[i] = alpha[i] * ui * ui * ui
-            qin[i] = 0.0
-            s0 += area[i] * length[i]
-            q_max[m, i] = -1.0
-        storage_initial[m] = s0
+        storage_initial[m] = _initial_state(order, alpha, length, dt, q0[m], u, store, qin, q_max[m])
         # phase 1: parts, each over the whole run
         for b in prange(nbin):
             for kp in range(bin_ptr[b], bin_ptr[b + 1]):
@@ -387,7 +390,7 @@ def _route_kinematic_numba(order, down, alpha, length, lateral, cell_area, dt_s,
                             for e in range(up_ptr[i], up_ptr[i + 1]):
                                 acc_in += qnew[up_idx[e]]
                             qin[i] = acc_in
-                            qn = _cell_update(i, rate * conv, qin, u, area, alpha, length, dt)
+                            qn = _cell_update(i, rate * conv, qin, u, store, cfac)
                             qnew[i] = qn
                             if i == root:
                                 rootq[p, t * substeps + sb] = qn
@@ -413,7 +416,7 @@ def _route_kinematic_numba(order, down, alpha, length, lateral, cell_area, dt_s,
                         if not (rate >= 0.0 and rate < np.inf):
                             bad[nbin] += 1
                             rate = 0.0
-                        qn = _cell_update(i, rate * conv, qin, u, area, alpha, length, dt)
+                        qn = _cell_update(i, rate * conv, qin, u, store, cfac)
                         if qn > q_max[m, i]:
                             q_max[m, i] = qn
                             t_max[m, i] = t
@@ -427,13 +430,7 @@ def _route_kinematic_numba(order, down, alpha, length, lateral, cell_area, dt_s,
                 ur = u[record[rec_idx[r]]]
                 q_record[m, t, rec_idx[r]] = ur * ur * ur * ur * ur
         outflow[m] = vol_out
-        sf = 0.0
-        for t_ in range(ncell):
-            i = order[t_]
-            ui = u[i]
-            q_final[m, i] = ui * ui * ui * ui * ui
-            sf += area[i] * length[i]
-        storage_final[m] = sf
+        storage_final[m] = _final_state(order, dt, u, store, q_final[m])
     return bad.sum()
 
 
@@ -561,6 +558,7 @@ def _route(fdir, lateral, dt_s, dx, dy, slope, manning_n, width, q0=None, subste
     w = grid_parameter("width", width, (ny, nx), valid, "m")
     alpha = np.where(valid, kinematic_alpha(np.where(valid, s, 1.0), n, w), 0.0).ravel()
     length = terrain._flow_length_numba(fd, dxv, dyv)
+    cfac = alpha * length / (dt / int(substeps))  # alpha L / dt of a routing sub-step
     down = terrain._downstream(fd)
     order = terrain._order(fd, down)
 
@@ -600,12 +598,12 @@ def _route(fdir, lateral, dt_s, dx, dy, slope, manning_n, width, q0=None, subste
     if kernel not in ("auto", "parts", "members"):
         raise ModelError(f"kernel must be 'auto', 'parts' or 'members'; got {kernel!r}.")
     if kernel == "members" or (kernel == "auto" and nm >= nthreads):
-        nbad = _route_kinematic_serial_numba(order, down, alpha, length, lat, dxv * dyv, dt, int(substeps), q0a,
+        nbad = _route_kinematic_serial_numba(order, down, alpha, length, cfac, lat, dxv * dyv, dt, int(substeps), q0a,
                                              rec, q_max, t_max, q_record, q_final, outflow, storage_final,
                                              storage_initial)
     else:
         plan = _plan(order, down, valid.ravel(), rec, nthreads)
-        nbad = _route_kinematic_numba(order, down, alpha, length, lat, dxv * dyv, dt, int(substeps), q0a, rec,
+        nbad = _route_kinematic_numba(order, down, alpha, length, cfac, lat, dxv * dyv, dt, int(substeps), q0a, rec,
                                       *plan, q_max, t_max, q_record, q_final, outflow, storage_final,
                                       storage_initial)
     if nbad:
