@@ -298,12 +298,23 @@ def _partition_numba(order, down, acc, max_part):
         d = down[i]
         if d >= 0 and level[i] + 1 > level[d]:
             level[d] = level[i] + 1
-    for p in range(npart):
-        seg = part_cells[part_ptr[p]:part_ptr[p + 1]]
-        lv = np.empty(seg.size, dtype=np.int64)
+    hist = np.zeros(ncell + 2, dtype=np.int64)
+    for p in range(npart):  # stable counting sort by level (levels < part size)
+        a0 = part_ptr[p]
+        a1 = part_ptr[p + 1]
+        seg = part_cells[a0:a1].copy()
+        top = 0
         for a in range(seg.size):
-            lv[a] = level[seg[a]]
-        part_cells[part_ptr[p]:part_ptr[p + 1]] = seg[np.argsort(lv, kind="mergesort")]
+            lv = level[seg[a]]
+            hist[lv + 1] += 1
+            top = max(top, lv + 1)
+        for lv in range(top):
+            hist[lv + 1] += hist[lv]
+        for a in range(seg.size):
+            lv = level[seg[a]]
+            part_cells[a0 + hist[lv]] = seg[a]
+            hist[lv] += 1
+        hist[:top + 1] = 0
     # donors of every cell, in topological order (so sums add up as in the serial sweep)
     up_ptr = np.zeros(n + 1, dtype=np.int64)
     for k in range(ncell):
@@ -324,40 +335,52 @@ def _partition_numba(order, down, acc, max_part):
 
 
 @numba.njit(cache=True, error_model="numpy", inline="always")
-def _cell_update(i, lat, qin, u, store, cfac):
-    """One implicit step of cell i; returns the new discharge (state updated in place).
+def _cell_step(rhs, k, u, store, cfac):
+    """One implicit step of the cell at index k of ``u``/``store``/``cfac`` with the
+    right-hand side ``rhs`` (m3/s); returns the new discharge (state updated in place).
 
-    ``store`` is the storage term ``A L / dt`` (m3/s), ``cfac`` = ``alpha L / dt``,
-    ``lat`` the lateral inflow (m3/s). The new storage comes from the continuity
-    equation itself (``rhs - Q``), so mass balances to rounding.
+    ``store`` is the storage term ``A L / dt`` (m3/s), ``cfac`` = ``alpha L / dt``. The
+    new storage comes from the continuity equation itself (``rhs - Q``), so mass
+    balances to rounding.
     """
+    if not (rhs > _RHS_FLOOR):  # dry: no solver, the water (if any) stays in storage
+        u[k] = 0.0
+        store[k] = rhs
+        return 0.0
+    un = _solve_kinematic_u_numba(rhs, cfac[k], u[k])
+    qn = min(un * un * un * un * un, rhs)
+    u[k] = un
+    store[k] = rhs - qn
+    return qn
+
+
+@numba.njit(cache=True, error_model="numpy", inline="always")
+def _cell_update(i, lat, qin, u, store, cfac):
+    """One implicit step of cell i from its pushed inflow ``qin[i]`` (reset to 0) and
+    lateral inflow ``lat`` (m3/s); returns the new discharge."""
     rhs = qin[i] + lat + store[i]
     qin[i] = 0.0
-    if not (rhs > _RHS_FLOOR):  # dry: no solver, the water (if any) stays in storage
-        u[i] = 0.0
-        store[i] = rhs
-        return 0.0
-    un = _solve_kinematic_u_numba(rhs, cfac[i], u[i])
-    qn = min(un * un * un * un * un, rhs)
-    u[i] = un
-    store[i] = rhs - qn
-    return qn
+    return _cell_step(rhs, i, u, store, cfac)
 
 
 @numba.njit(cache=True, parallel=True, error_model="numpy")
 def _route_kinematic_numba(order, down, alpha, length, cfac, lateral, cell_area, dt_s, substeps, q0, record,
-                           part, part_ptr, part_cells, up_ptr, up_idx, bin_ptr, bin_parts, p2_cell, p2_part,
-                           rec_ptr, rec_idx,
+                           part, part_ptr, part_cells, pup_ptr, pup_idx, bin_ptr, bin_parts, p2_cell, p2_part,
+                           rec_ptr, rec_idx, rec_pos,
                            q_max, t_max, q_record, q_final, outflow, storage_final, storage_initial):
     """Route (member, time, cell) lateral inflow (mm/h) through the D8 graph, in parallel.
 
     Same equations and outputs as :func:`_route_kinematic_serial_numba`; see the module
     notes for the two phases. ``bin_ptr``/``bin_parts`` give each thread its parts;
-    ``rec_ptr``/``rec_idx`` list the record slots of every part (last group: trunk).
+    ``rec_ptr``/``rec_idx`` list the record slots of every part (last group: trunk) and
+    ``rec_pos`` their positions. In phase 1 a part's state lives in arrays indexed by
+    *position* (``part_cells`` order) rather than by cell, so every sweep streams through
+    memory; donors are positions too (``pup_ptr``/``pup_idx``). The state is gathered
+    from and scattered back to the cell-indexed arrays around phase 1.
     Members are routed one after the other. Returns the count of bad lateral values.
     """
     nm, nt, n = lateral.shape
-    ncell = order.size
+    npos = part_cells.size
     npart = part_ptr.size - 1
     nbin = bin_ptr.size - 1
     nsub = nt * substeps
@@ -367,39 +390,63 @@ def _route_kinematic_numba(order, down, alpha, length, cfac, lateral, cell_area,
     u = np.zeros(n, dtype=np.float64)
     store = np.zeros(n, dtype=np.float64)
     qin = np.zeros(n, dtype=np.float64)
-    qnew = np.zeros(n, dtype=np.float64)
     rootq = np.zeros((npart, nsub), dtype=np.float64)
+    max_part = 1
+    for p in range(npart):
+        max_part = max(max_part, part_ptr[p + 1] - part_ptr[p])
+    pu = np.empty(npos, dtype=np.float64)
+    pstore = np.empty(npos, dtype=np.float64)
+    pc = np.empty(npos, dtype=np.float64)
+    pq = np.zeros(npos, dtype=np.float64)
+    pqmax = np.empty(npos, dtype=np.float32)
+    ptmax = np.empty(npos, dtype=np.int32)
+    for a in prange(npos):
+        pc[a] = cfac[part_cells[a]]
     for m in range(nm):
         storage_initial[m] = _initial_state(order, alpha, length, dt, q0[m], u, store, qin, q_max[m])
+        for a in prange(npos):
+            i = part_cells[a]
+            pu[a] = u[i]
+            pstore[a] = store[i]
+            pqmax[a] = -1.0
+            ptmax[a] = -1
         # phase 1: parts, each over the whole run
         for b in prange(nbin):
+            lat = np.empty(max_part, dtype=np.float64)
             for kp in range(bin_ptr[b], bin_ptr[b + 1]):
                 p = bin_parts[kp]
                 a0 = part_ptr[p]
                 a1 = part_ptr[p + 1]
-                root = part_cells[a1 - 1]
                 for t in range(nt):
+                    # gather the part's lateral inflow first, in a loop of independent
+                    # loads (the sweep's solver chains would otherwise stall on them)
+                    lat_t = lateral[m, t]
+                    for a in range(a0, a1):
+                        rate = np.float64(lat_t[part_cells[a]])
+                        if not (rate >= 0.0 and rate < np.inf):
+                            bad[b] += 1
+                            rate = 0.0
+                        lat[a - a0] = rate * conv
                     for sb in range(substeps):
                         for a in range(a0, a1):
-                            i = part_cells[a]
-                            rate = np.float64(lateral[m, t, i])
-                            if not (rate >= 0.0 and rate < np.inf):
-                                bad[b] += 1
-                                rate = 0.0
                             acc_in = 0.0  # pull the donors' new discharge (same sum order as a push)
-                            for e in range(up_ptr[i], up_ptr[i + 1]):
-                                acc_in += qnew[up_idx[e]]
-                            qin[i] = acc_in
-                            qn = _cell_update(i, rate * conv, qin, u, store, cfac)
-                            qnew[i] = qn
-                            if i == root:
-                                rootq[p, t * substeps + sb] = qn
-                            if qn > q_max[m, i]:
-                                q_max[m, i] = qn
-                                t_max[m, i] = t
+                            for e in range(pup_ptr[a], pup_ptr[a + 1]):
+                                acc_in += pq[pup_idx[e]]
+                            qn = _cell_step(acc_in + lat[a - a0] + pstore[a], a, pu, pstore, pc)
+                            pq[a] = qn
+                            if qn > pqmax[a]:
+                                pqmax[a] = qn
+                                ptmax[a] = t
+                        rootq[p, t * substeps + sb] = pq[a1 - 1]  # the root is the part's last cell
                     for r in range(rec_ptr[p], rec_ptr[p + 1]):
-                        ur = u[record[rec_idx[r]]]
+                        ur = pu[rec_pos[r]]
                         q_record[m, t, rec_idx[r]] = ur * ur * ur * ur * ur
+        for a in prange(npos):
+            i = part_cells[a]
+            u[i] = pu[a]
+            store[i] = pstore[a]
+            q_max[m, i] = pqmax[a]
+            t_max[m, i] = ptmax[a]
         # phase 2: the trunk, with the roots' outflows, in global topological order
         vol_out = 0.0
         n2 = p2_cell.size
@@ -434,6 +481,18 @@ def _route_kinematic_numba(order, down, alpha, length, cfac, lateral, cell_area,
     return bad.sum()
 
 
+@numba.njit(cache=True)
+def _balance_numba(sizes, by_size, nbin):
+    """Longest-processing-time first: each part, biggest first, to the least loaded bin."""
+    load = np.zeros(nbin, dtype=np.int64)
+    owner = np.empty(sizes.size, dtype=np.int64)
+    for p in by_size:
+        b = np.argmin(load)
+        owner[p] = b
+        load[b] += sizes[p]
+    return owner
+
+
 def _plan(order: np.ndarray, down: np.ndarray, valid: np.ndarray, record: np.ndarray, nbin: int):
     """Parts, their balanced assignment to ``nbin`` threads, and record slots per part."""
     ncell = order.size
@@ -444,19 +503,22 @@ def _plan(order: np.ndarray, down: np.ndarray, valid: np.ndarray, record: np.nda
                                                                                     float(max_part))
     npart = part_ptr.size - 1
     sizes = np.diff(part_ptr)
-    # longest-processing-time first: biggest part to the least loaded thread
-    load = np.zeros(nbin, dtype=np.int64)
-    owner = np.empty(npart, dtype=np.int64)
-    for p in np.argsort(-sizes, kind="stable"):
-        b = int(np.argmin(load))
-        owner[p] = b
-        load[b] += sizes[p]
+    owner = _balance_numba(sizes, np.argsort(-sizes, kind="stable"), nbin)
     bin_parts = np.argsort(owner, kind="stable").astype(np.int64)
     bin_ptr = np.concatenate([[0], np.cumsum(np.bincount(owner, minlength=nbin))]).astype(np.int64)
     rp = np.where(part[record] >= 0, part[record], npart) if record.size else np.zeros(0, np.int64)
     rec_idx = np.argsort(rp, kind="stable").astype(np.int64)
     rec_ptr = np.concatenate([[0], np.cumsum(np.bincount(rp, minlength=npart + 1))]).astype(np.int64)
-    return part, part_ptr, part_cells, up_ptr, up_idx, bin_ptr, bin_parts, p2_cell, p2_part, rec_ptr, rec_idx
+    pos_of = np.full(down.size, -1, dtype=np.int64)
+    pos_of[part_cells] = np.arange(part_cells.size)
+    rec_pos = pos_of[record[rec_idx]] if record.size else np.zeros(0, np.int64)
+    # donors by position: a part cell's donors are cells of the same part
+    counts = up_ptr[part_cells + 1] - up_ptr[part_cells]
+    pup_ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    take = np.repeat(up_ptr[part_cells] - pup_ptr[:-1], counts) + np.arange(pup_ptr[-1])
+    pup_idx = pos_of[up_idx[take]] if take.size else np.zeros(1, np.int64)
+    return (part, part_ptr, part_cells, pup_ptr, pup_idx, bin_ptr, bin_parts, p2_cell, p2_part, rec_ptr, rec_idx,
+            rec_pos)
 
 
 def kinematic_alpha(slope, manning_n, width) -> np.ndarray:
