@@ -33,8 +33,9 @@ as inflows. Every cell still sums its inflows in the global topological order, s
 results are bit-for-bit those of the plain sweep. An ensemble with at least as many
 members as threads is routed with the plain sweep, members in parallel (as before).
 Inside a part cells go by level (longest path from a source), so consecutive cells rarely
-depend on each other, and pull their donors' new discharge. Dry cells (right-hand side 0)
-skip the solver.
+depend on each other, and pull their donors' new discharge. A part's state lives in arrays
+by position in that order (gathered before phase 1, scattered back after), so its sweeps
+stream through memory. Dry cells (right-hand side 0) skip the solver.
 """
 
 from __future__ import annotations
