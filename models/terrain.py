@@ -566,6 +566,18 @@ def _topological_order_numba(down, valid):
     return order[:m], m
 
 
+@numba.njit(cache=True, inline="always")
+def _pass_on(acc, indeg, j, d):
+    """acc[d] += acc[j], one donor of d fewer; True when d has no donor left (it is then
+    marked 255: reached, never a start cell of a walk)."""
+    acc[d] += acc[j]
+    indeg[d] -= 1
+    if indeg[d] != 0:
+        return False
+    indeg[d] = 255
+    return True
+
+
 @numba.njit(cache=True)
 def _accumulate_numba(down, valid, acc):
     """acc[receiver] += acc[cell] for every cell, upstream first (Kahn walk, in place).
@@ -588,11 +600,8 @@ def _accumulate_numba(down, valid, acc):
             d = down[j]
             if d < 0:
                 break
-            acc[d] += acc[j]
-            indeg[d] -= 1
-            if indeg[d] != 0:
+            if not _pass_on(acc, indeg, j, d):
                 break
-            indeg[d] = 255  # reached: never a start cell for the outer loop
             j = d
     return m
 
@@ -619,11 +628,8 @@ def _walk_down(ff, acc, indeg, j, r, c, ny, nx, r_lo, r_hi, off, pend, npend):
             pend[npend] = j
             npend += 1
             break
-        acc[d] += acc[j]
-        indeg[d] -= 1
-        if indeg[d] != 0:
+        if not _pass_on(acc, indeg, j, d):
             break
-        indeg[d] = 255  # reached: never a start cell for the outer loop
         j = d
     return m, npend
 
@@ -698,10 +704,7 @@ def _accumulate_fdir_numba(fdir, acc, counts, nband):
             c = j - r * nx
             k = _CODE_TO_K[ff[j]]
             d = j + off[k]
-            acc[d] += acc[j]
-            indeg[d] -= 1
-            if indeg[d] == 0:
-                indeg[d] = 255
+            if _pass_on(acc, indeg, j, d):
                 dm, _ = _walk_down(ff, acc, indeg, d, r + _DR[k], c + _DC[k], ny, nx, 0, ny, off, dummy, 0)
                 m += dm
     return m, nvalid, 0
