@@ -1,9 +1,17 @@
 """The database: SQLAlchemy 2, SQLite (WAL) by default, PostgreSQL by URL.
 
 Tables: ``runs`` (one row per forecast cycle), ``zone_state`` (each zone's level state
-machine, per scope: live or a drill), ``alerts`` (every CAP notice issued), ``subscribers``
-(encrypted phone numbers), ``outbox`` (one row per recipient per alert, unique),
-``audit`` (every decision with the inputs that caused it).
+machine, per scope: live or a drill), ``alerts`` (every CAP notice issued or held for
+approval), ``approvals`` (the approval queue), ``subscribers`` (encrypted phone numbers),
+``outbox`` (one row per recipient per alert, unique), ``deliveries`` (the provider's
+delivery status per message, never moving backwards), ``reports`` (flood reports texted
+in by residents), ``audit`` (append-only: every decision, approval, send, delivery and
+opt-out with what caused it).
+
+Outbox states: ``held`` (waiting for approval), ``pending`` (to send; ``next_attempt_at``
+delays a retry), ``claimed`` (a dispatcher has it), ``sent``, ``failed`` (permanent error
+or attempts used up), ``cancelled`` (subscriber gone or opted out, or alert rejected),
+``superseded`` (a newer alert for the zone came before it was sent).
 """
 
 from __future__ import annotations
@@ -87,6 +95,26 @@ class AlertRow(Base):
     expires: Mapped[datetime]
     cap_path: Mapped[str] = mapped_column(Text)
     headline: Mapped[str] = mapped_column(Text)
+    #: "published", or "held" until approved ("rejected" if a manager says no)
+    state: Mapped[str] = mapped_column(String(12), default="published")
+
+
+class ApprovalRow(Base):
+    __tablename__ = "approvals"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    alert_identifier: Mapped[str] = mapped_column(ForeignKey("alerts.identifier"), unique=True)
+    zone: Mapped[str] = mapped_column(String(64), index=True)
+    scope: Mapped[str] = mapped_column(String(80))
+    level_name: Mapped[str] = mapped_column(String(40))
+    requested_at: Mapped[datetime]
+    #: auto-release time; None = waits for a manager however long it takes
+    release_at: Mapped[datetime | None]
+    state: Mapped[str] = mapped_column(String(12), default="pending", index=True)
+    decided_by: Mapped[str | None] = mapped_column(String(120))
+    decided_at: Mapped[datetime | None]
+    #: SMS text written by the manager, replacing the template's for every recipient
+    edited_text: Mapped[str | None] = mapped_column(Text)
+    note: Mapped[str | None] = mapped_column(Text)
 
 
 class Subscriber(Base):
@@ -99,6 +127,8 @@ class Subscriber(Base):
     consent_source: Mapped[str] = mapped_column(Text)
     consent_time: Mapped[datetime]
     opted_out_at: Mapped[datetime | None]
+    #: why the number cannot take SMS (provider error, e.g. "21211 invalid number"); None = fine
+    unreachable: Mapped[str | None] = mapped_column(Text)
 
 
 class OutboxRow(Base):
@@ -109,13 +139,39 @@ class OutboxRow(Base):
     alert_identifier: Mapped[str] = mapped_column(ForeignKey("alerts.identifier"))
     subscriber_id: Mapped[int | None] = mapped_column(ForeignKey("subscribers.id", ondelete="SET NULL"))
     channel: Mapped[str] = mapped_column(String(20))
+    zone: Mapped[str] = mapped_column(String(64), default="", index=True)
+    scope: Mapped[str] = mapped_column(String(80), default="live")
     body: Mapped[str] = mapped_column(Text)
+    segments: Mapped[int] = mapped_column(Integer, default=1)
     state: Mapped[str] = mapped_column(String(12), default="pending", index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None]
     claimed_at: Mapped[datetime | None]
     sent_at: Mapped[datetime | None]
-    provider_id: Mapped[str | None] = mapped_column(String(64))
+    provider_id: Mapped[str | None] = mapped_column(String(64), index=True)
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class DeliveryRow(Base):
+    """The provider's view of one sent message (status callbacks), by provider id."""
+
+    __tablename__ = "deliveries"
+    provider_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    outbox_id: Mapped[int | None] = mapped_column(ForeignKey("outbox.id", ondelete="SET NULL"))
+    status: Mapped[str] = mapped_column(String(24))
+    error_code: Mapped[int | None] = mapped_column(Integer)
+    updated: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ReportRow(Base):
+    """A flood report texted in by a resident (REPORT <text>)."""
+
+    __tablename__ = "reports"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    time: Mapped[datetime]
+    subscriber_id: Mapped[int | None] = mapped_column(ForeignKey("subscribers.id", ondelete="SET NULL"))
+    zones: Mapped[list[str]] = mapped_column(JSON, default=list)
+    text: Mapped[str] = mapped_column(Text)
 
 
 class AuditRow(Base):

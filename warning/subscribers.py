@@ -115,13 +115,63 @@ class SubscriberRegistry:
         return n
 
     def delete(self, phone: str) -> bool:
+        """Remove the number for good (its encrypted copy and lookup hash); the audit log
+        keeps only that a subscriber was deleted, by id."""
         h = self.vault.lookup_hash(normalise_phone(phone, self.region))
         with self.store.session.begin() as s:
-            return s.execute(delete(Subscriber).where(Subscriber.phone_hash == h)).rowcount == 1
+            row = s.scalar(select(Subscriber).where(Subscriber.phone_hash == h))
+            if row is None:
+                return False
+            self.store.audit(s, "subscriber_deleted", {"subscriber_id": row.id})
+            s.execute(delete(Subscriber).where(Subscriber.id == row.id))
+            return True
+
+    def find(self, phone: str) -> Subscriber | None:
+        """The subscriber row for ``phone`` (any format), or None."""
+        h = self.vault.lookup_hash(normalise_phone(phone, self.region))
+        with self.store.session() as s:
+            return s.scalar(select(Subscriber).where(Subscriber.phone_hash == h))
+
+    def _update(self, phone: str, event: str, detail: dict, **values) -> bool:
+        h = self.vault.lookup_hash(normalise_phone(phone, self.region))
+        with self.store.session.begin() as s:
+            row = s.scalar(select(Subscriber).where(Subscriber.phone_hash == h))
+            if row is None:
+                return False
+            for k, v in values.items():
+                setattr(row, k, v)
+            self.store.audit(s, event, {"subscriber_id": row.id, **detail})
+            return True
+
+    def opt_out(self, phone: str, source: str, at: datetime | None = None) -> bool:
+        """Mark the number opted out (STOP, or the provider's 21610); False if unknown."""
+        return self._update(phone, "opt_out", {"source": source}, opted_out_at=at or utcnow())
+
+    def opt_in(self, phone: str, source: str) -> bool:
+        """Clear an opt-out (START); False if the number is unknown."""
+        return self._update(phone, "opt_in", {"source": source}, opted_out_at=None, unreachable=None)
+
+    def set_language(self, phone: str, language: str) -> bool:
+        return self._update(phone, "language", {"language": language}, language=language)
+
+    def export_csv(self, path: Path) -> int:
+        """Write every subscriber as ``phone, zones, language, consent_source, consent_time,
+        opted_out_at`` (the same columns :meth:`import_csv` reads, plus state). The file
+        holds phone numbers in clear: personal data, handle it as such."""
+        with self.store.session() as s:
+            rows = s.scalars(select(Subscriber).order_by(Subscriber.id)).all()
+        with open(path, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["phone", "zones", "language", "consent_source", "consent_time", "opted_out_at"])
+            for r in rows:
+                w.writerow([self.vault.decrypt(r.phone_enc), ";".join(r.zones), r.language, r.consent_source,
+                            r.consent_time.isoformat(), r.opted_out_at.isoformat() if r.opted_out_at else ""])
+        return len(rows)
 
     def for_zone(self, zone: str) -> list[Recipient]:
         with self.store.session() as s:
-            rows = s.scalars(select(Subscriber).where(Subscriber.opted_out_at.is_(None))
+            rows = s.scalars(select(Subscriber).where(Subscriber.opted_out_at.is_(None),
+                                                      Subscriber.unreachable.is_(None))
                              .order_by(Subscriber.id)).all()
         return [Recipient(r.id, self.vault.decrypt(r.phone_enc), r.language)
                 for r in rows if zone in r.zones]
