@@ -20,10 +20,11 @@ import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from alerts.delivery import PERMANENT_ERRORS
 from alerts.errors import DeliveryError
 from alerts.messages import sms_segments
 
@@ -35,7 +36,7 @@ E164_RE = re.compile(r"^\+[1-9]\d{6,14}$")
 # 21211 invalid To; 21408 region not permitted; 21610 recipient replied STOP;
 # 21612 To not reachable by SMS from this sender; 21614 To not SMS-capable;
 # 30004 blocked; 30005 unknown or inactive number; 30006 landline / unreachable carrier.
-TWILIO_PERMANENT_CODES = frozenset({21211, 21408, 21610, 21612, 21614, 30004, 30005, 30006})
+TWILIO_PERMANENT_CODES = frozenset(PERMANENT_ERRORS)
 
 # ITU-T E.164 country calling codes are prefix-free: 1 and 7 have one digit, these have
 # two, and every other code has three.
@@ -128,6 +129,12 @@ class Channel(Protocol):
         """Hand one message over, or raise :class:`~alerts.errors.DeliveryError`."""
         ...
 
+    def find_sent(self, msg: OutgoingMessage, since: datetime) -> str | None:
+        """The provider id of ``msg`` if it was already handed over at or after ``since``
+        (a dispatcher died before recording it), else None. Raises DeliveryError when the
+        provider cannot be asked; the message then stays in doubt and is not resent."""
+        ...
+
 
 class FileChannel:
     """Append each message as a JSON line to a file (demo, drills, tests).
@@ -172,9 +179,23 @@ class FileChannel:
                 f"cannot append to {self.path}: {exc.strerror}; check the folder exists "
                 "and is writable", permanent=False,
             ) from exc
-        provider_id = "FILE" + hashlib.sha256(msg.key.encode()).hexdigest()[:32]
         log.info("message %s to %s written to %s", msg.key, record["to_masked"], self.path)
-        return SendResult(provider_id=provider_id, status="sent")
+        return SendResult(provider_id=self._provider_id(msg.key), status="sent")
+
+    @staticmethod
+    def _provider_id(key: str) -> str:
+        return "FILE" + hashlib.sha256(key.encode()).hexdigest()[:32]
+
+    def find_sent(self, msg: OutgoingMessage, since: datetime) -> str | None:
+        """Look for the message's key in the file (every line carries it)."""
+        if not self.path.exists():
+            return None
+        needle = json.dumps(msg.key)
+        with self._lock, self.path.open(encoding="utf-8") as handle:
+            for line in handle:
+                if needle in line and json.loads(line).get("key") == msg.key:
+                    return self._provider_id(msg.key)
+        return None
 
 
 class TwilioChannel:
@@ -296,6 +317,26 @@ class TwilioChannel:
         log.info("message %s to %s accepted by Twilio as %s (%s)", msg.key, masked,
                  message.sid, message.status)
         return SendResult(provider_id=str(message.sid), status=str(message.status))
+
+
+    def find_sent(self, msg: OutgoingMessage, since: datetime) -> str | None:
+        """Ask Twilio for recent messages to the same number (``GET Messages.json?To=``)
+        and match the body and creation time; Twilio has no idempotency key for SMS."""
+        import requests
+        from twilio.base.exceptions import TwilioException
+
+        since = since - timedelta(seconds=5)  # clock skew between us and the provider
+        try:
+            for m in self._client.messages.list(to=msg.to, limit=50):
+                created = m.date_created
+                if m.body == msg.body and (created is None or created >= since):
+                    return str(m.sid)
+        except (requests.RequestException, TwilioException) as exc:
+            raise DeliveryError(
+                f"could not ask Twilio at {self.base_url} whether message {msg.key} to "
+                f"{mask_phone(msg.to)} went out: {type(exc).__name__}", permanent=False,
+            ) from None
+        return None
 
 
 CHANNELS: dict[str, type] = {"file": FileChannel, "twilio": TwilioChannel}

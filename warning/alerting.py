@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 
 from alerts.cap import to_xml
-from alerts.channels import Channel, OutgoingMessage, get_channel, mask_phone
-from alerts.errors import DeliveryError
+from alerts.channels import Channel, get_channel
+from alerts.delivery import RetryPolicy
 from alerts.levels import ZoneState, decide
 from alerts.messages import render_sms, sms_context
 from alerts.notices import NoticeContext, ZoneInfo, build_notice
@@ -25,11 +27,10 @@ from alerts.notices import NoticeContext, ZoneInfo, build_notice
 from .config import Config
 from .secrets import env_secret
 from .site import Site
-from .storage import AlertRow, OutboxRow, Store, Subscriber, ZoneStateRow, utcnow
-from .subscribers import PhoneVault, SubscriberRegistry
+from .outbox import Dispatcher, queue_fanout
+from .storage import AlertRow, ApprovalRow, Store, ZoneStateRow, utcnow
 
 log = logging.getLogger(__name__)
-MAX_ATTEMPTS = 5
 
 
 def make_channel(cfg: Config) -> Channel:
@@ -75,7 +76,6 @@ def decide_and_notify(site: Site, cfg: Config, store: Store, at: datetime,
                         status="Exercise" if drill else "Actual",
                         exercise_note=drill or None,
                         language=cfg.notices.language, run=run_info)
-    vault = None
     out_decisions: list[dict[str, Any]] = []
     notices: list[str] = []
     queued = 0
@@ -117,32 +117,44 @@ def decide_and_notify(site: Site, cfg: Config, store: Store, at: datetime,
                              "peak_time": det.get("peak_time") or "",
                              "onset": det.get("onset") or ""})
                 path = cap_dir / f"{identifier}.xml"
-                path.write_bytes(to_xml(alert))
-                notices.append(str(path))
+                needs_approval = bool(level is not None and level.approval)
+                if needs_approval:  # not public until a manager approves (or the time runs out)
+                    held_dir(cfg).mkdir(parents=True, exist_ok=True)
+                    (held_dir(cfg) / path.name).write_bytes(to_xml(alert))
+                else:
+                    path.write_bytes(to_xml(alert))
+                    notices.append(str(path))
                 s.add(AlertRow(identifier=identifier, zone=zone.code, scope=scope, run_id=run_id,
                                level=d.level, level_name=level.name if level else "all_clear",
                                msg_type=alert.msg_type, status=alert.status, sent=at,
                                expires=at + expiry, cap_path=str(path),
-                               headline=alert.infos[0].headline))
+                               headline=alert.infos[0].headline,
+                               state="held" if needs_approval else "published"))
                 s.flush()
+                if needs_approval:
+                    timeout = cfg.level_config(level.name).approval_timeout_minutes
+                    s.add(ApprovalRow(alert_identifier=identifier, zone=zone.code, scope=scope,
+                                      level_name=level.name, requested_at=at,
+                                      release_at=at + timedelta(minutes=timeout) if timeout else None))
+                    store.audit(s, "approval_requested", {"alert": identifier, "level": level.name,
+                                                          "auto_release_minutes": timeout},
+                                run_id=run_id, zone=zone.code, time=at)
                 row.chain = [] if d.action == "all_clear" else [
                     [a, b, c.isoformat()] for a, b, c in chain] + [[cfg.notices.sender, identifier,
                                                                   at.isoformat()]]
                 if (level.sms if level else shown.sms):
-                    vault = vault or PhoneVault.from_env()
-                    registry = SubscriberRegistry(store, vault, cfg.subscribers.default_region)
-                    for r in registry.for_zone(zone.code):
-                        sms_ctx = sms_context(
-                            d, levels, zone_name=zone.name, language=r.language,
-                            link=f"{cfg.notices.web_base}/notices/{identifier}.xml",
-                            peak_time=det.get("peak_time"),
-                            peak_depth_m=metrics[zone.code]["forecast_peak_depth_m"])
-                        body = render_sms(d.action, r.language, sms_ctx,
+                    def body_for(language: str, _d=d, _levels=levels, _zone=zone, _id=identifier,
+                                 _det=det) -> str:
+                        ctx_sms = sms_context(
+                            _d, _levels, zone_name=_zone.name, language=language,
+                            link=f"{cfg.notices.web_base}/notices/{_id}.xml",
+                            peak_time=_det.get("peak_time"),
+                            peak_depth_m=metrics[_zone.code]["forecast_peak_depth_m"])
+                        return render_sms(_d.action, language, ctx_sms,
                                           max_segments=cfg.channels.max_segments,
                                           exercise_marker=cfg.drill.exercise_marker if drill else None)
-                        s.add(OutboxRow(key=f"{identifier}:{r.id}:sms", alert_identifier=identifier,
-                                        subscriber_id=r.id, channel="sms", body=body))
-                        queued += 1
+                    queued += queue_fanout(s, store, alert_identifier=identifier, zone=zone.code,
+                                           scope=scope, bodies=body_for, held=needs_approval, at=at)
                 record["identifier"] = identifier
                 record["msg_type"] = alert.msg_type
             row.level, row.since = d.state.level, d.state.since
@@ -156,43 +168,40 @@ def _clean(m: dict[str, float]) -> dict[str, float | None]:
     return {k: (round(v, 4) if v == v else None) for k, v in m.items()}
 
 
+def held_dir(cfg: Config) -> Path:
+    """Where notices waiting for approval are kept (not published)."""
+    return cfg.output_dir / "held"
+
+
+def publisher(cfg: Config) -> Callable[[AlertRow], None]:
+    """Publish a held notice once approved: move its CAP file into the public folder."""
+    def publish(alert: AlertRow) -> None:
+        src = held_dir(cfg) / Path(alert.cap_path).name
+        if src.exists():
+            Path(alert.cap_path).parent.mkdir(parents=True, exist_ok=True)
+            src.replace(alert.cap_path)
+    return publish
+
+
+def make_dispatcher(cfg: Config, store: Store, channel: Channel, *,
+                    clock: Callable[[], datetime] = utcnow) -> Dispatcher:
+    ch = cfg.channels
+    return Dispatcher(store, channel, rate=ch.rate_segments_per_s,
+                      retry=RetryPolicy(base=timedelta(seconds=ch.retry_base_s),
+                                        cap=max(timedelta(minutes=10), timedelta(seconds=ch.retry_base_s)),
+                                        max_attempts=ch.max_attempts),
+                      lease=timedelta(seconds=ch.claim_lease_s), clock=clock, publish=publisher(cfg))
+
+
 def dispatch(cfg: Config, store: Store, channel: Channel) -> int:
-    """Send every pending outbox row once; returns how many were sent."""
+    """Send what is due now (retries wait for a later pass); returns how many were sent."""
+    d = make_dispatcher(cfg, store, channel)
     sent = 0
-    vault = None
-    for item in store.pending_outbox():
-        now = utcnow()
-        if not store.claim(item.id, now):
-            continue  # another dispatcher has it
-        with store.session() as s:
-            sub = s.get(Subscriber, item.subscriber_id) if item.subscriber_id else None
-        if sub is None or sub.opted_out_at is not None:
-            _finish(store, item.id, state="cancelled", error="subscriber gone or opted out")
-            continue
-        vault = vault or PhoneVault.from_env()
-        phone = vault.decrypt(sub.phone_enc)
-        try:
-            res = channel.send(OutgoingMessage(to=phone, body=item.body, key=item.key))
-        except DeliveryError as exc:
-            permanent = exc.permanent or item.attempts + 1 >= MAX_ATTEMPTS
-            log.warning("SMS to %s failed (%s%s): %s", mask_phone(phone),
-                        "permanent" if exc.permanent else "transient",
-                        f", code {exc.code}" if exc.code else "", exc)
-            _finish(store, item.id, state="failed" if permanent else "pending", error=str(exc))
-            if exc.code == 21610:
-                with store.session.begin() as s:
-                    s.get(Subscriber, sub.id).opted_out_at = now
-            continue
-        _finish(store, item.id, state="sent", provider_id=res.provider_id, sent_at=utcnow())
-        sent += 1
-    return sent
-
-
-def _finish(store: Store, outbox_id: int, **values: Any) -> None:
-    with store.session.begin() as s:
-        row = s.get(OutboxRow, outbox_id)
-        for k, v in values.items():
-            setattr(row, k, v)
+    while True:
+        st = d.run_once()
+        sent += st.sent
+        if not (st.sent + st.failed + st.retried + st.cancelled + st.recovered + st.requeued):
+            return sent
 
 
 def alerts_for(store: Store, scope: str) -> list[AlertRow]:

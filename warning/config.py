@@ -141,6 +141,10 @@ class LevelConfig(_Model):
     certainty: str
     response_type: str
     sms: bool = True
+    #: an emergency manager must approve notices and SMS at this level before they go out
+    approval: bool = False
+    #: minutes after which an unapproved notice goes out anyway; omit to wait for a manager
+    approval_timeout_minutes: float | None = Field(default=None, gt=0)
     instruction: str = ""
     #: title and instruction in other languages: { es = { title = "...", instruction = "..." } }
     translations: dict[str, dict[Literal["title", "instruction"], str]] = Field(default_factory=dict)
@@ -217,6 +221,13 @@ class ChannelsConfig(_Model):
     sms: Literal["auto", "twilio", "file"] = "auto"
     sms_log: str = "sms.jsonl"
     max_segments: int = Field(default=3, ge=1, le=10)
+    #: sending rate in SMS segments per second (the unit providers meter); omit for no limit
+    rate_segments_per_s: float | None = Field(default=None, gt=0)
+    #: temporary failures: first retry after this many seconds, doubling, up to max_attempts
+    retry_base_s: float = Field(default=30, ge=0)
+    max_attempts: int = Field(default=5, ge=1)
+    #: seconds a dispatcher's claim on a message lasts before another may recover it
+    claim_lease_s: float = Field(default=120, gt=0)
     twilio: TwilioConfig = TwilioConfig()
 
 
@@ -284,9 +295,12 @@ class Config(_Model):
             specs.append(LevelSpec(
                 name=lv.name, rank=rank, title=lv.title, colour=lv.colour, severity=lv.severity,
                 urgency=lv.urgency, certainty=lv.certainty, response_type=lv.response_type,
-                sms=lv.sms, criteria=th.criteria(), combine=th.combine,
+                sms=lv.sms, approval=lv.approval, criteria=th.criteria(), combine=th.combine,
                 instruction=lv.instruction, translations=lv.translations))
         return specs
+
+    def level_config(self, name: str) -> LevelConfig:
+        return next(lv for lv in self.levels if lv.name == name)
 
     def zone_policy(self, zone: ZoneConfig) -> ZonePolicy:
         return (zone.policy or self.policy).to_policy()

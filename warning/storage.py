@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text,
-                        UniqueConstraint, create_engine, event, select, update)
+                        UniqueConstraint, create_engine, event)
 from sqlalchemy.engine import Engine
 from sqlalchemy.types import TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -147,6 +147,7 @@ class OutboxRow(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None]
     claimed_at: Mapped[datetime | None]
+    claimed_by: Mapped[str | None] = mapped_column(String(40))
     sent_at: Mapped[datetime | None]
     provider_id: Mapped[str | None] = mapped_column(String(64), index=True)
     error: Mapped[str | None] = mapped_column(Text)
@@ -210,20 +211,6 @@ class Store:
               zone: str | None = None, value: float | None = None, time: datetime | None = None) -> None:
         s.add(AuditRow(time=time or utcnow(), run_id=run_id, zone=zone, event=event_name,
                        detail=detail, value=value))
-
-    def claim(self, outbox_id: int, now: datetime) -> bool:
-        """Atomically move one outbox row from pending to claimed; False if someone else did."""
-        with self.session.begin() as s:
-            res = s.execute(update(OutboxRow)
-                            .where(OutboxRow.id == outbox_id, OutboxRow.state == "pending")
-                            .values(state="claimed", claimed_at=now,
-                                    attempts=OutboxRow.attempts + 1))
-            return res.rowcount == 1
-
-    def pending_outbox(self) -> list[OutboxRow]:
-        with self.session() as s:
-            return list(s.scalars(select(OutboxRow).where(OutboxRow.state == "pending")
-                                  .order_by(OutboxRow.id)))
 
     def dispose(self) -> None:
         self.engine.dispose()

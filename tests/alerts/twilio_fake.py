@@ -9,8 +9,9 @@ Usage::
         assert fake.messages[0]["To"] == "+15558675310"
 
 It speaks ``POST /2010-04-01/Accounts/{AccountSid}/Messages.json`` (form params ``To``,
-``From`` or ``MessagingServiceSid``, ``Body``, ``StatusCallback``, ``ValidityPeriod``)
-and ``GET /2010-04-01/Accounts/{AccountSid}/Messages/{Sid}.json``, checks HTTP Basic auth,
+``From`` or ``MessagingServiceSid``, ``Body``, ``StatusCallback``, ``ValidityPeriod``),
+``GET /2010-04-01/Accounts/{AccountSid}/Messages/{Sid}.json`` and the list
+``GET .../Messages.json?To=...&PageSize=...`` (newest first), checks HTTP Basic auth,
 and answers like Twilio: 201 with a message resource (``sid`` "SM" + 32 hex, ``status``
 "queued"), or Twilio's error JSON (``{"code", "message", "more_info", "status"}``):
 401/20003 bad credentials, 400/21211 a ``To`` that is not E.164, 400/21610 a number that
@@ -155,6 +156,8 @@ class FakeTwilio:
             if self._failures:
                 status, code, message = self._failures.pop(0)
                 return _error(status, code, message)
+        if request.method == "GET" and not match["sid"]:
+            return self._list(request.path)
         if request.method == "GET":
             return self._fetch(match["sid"])
         if request.method != "POST" or match["sid"]:
@@ -167,6 +170,18 @@ class FakeTwilio:
                 if message["sid"] == sid:
                     return 200, self._resource(message)
         return _error(404, 20404, f"The requested resource Message {sid} was not found")
+
+    def _list(self, path: str) -> tuple[int, dict[str, Any]]:
+        """``GET Messages.json?To=...&PageSize=...``: newest first, one page."""
+        query = {k: v[-1] for k, v in parse_qs(path.partition("?")[2]).items()}
+        size = int(query.get("PageSize", 50))
+        with self._lock:
+            found = [m for m in reversed(self.messages) if "To" not in query or m["To"] == query["To"]]
+            page = [self._resource(m) for m in found[:size]]
+        uri = path
+        return 200, {"messages": page, "first_page_uri": uri, "next_page_uri": None, "page": 0,
+                     "page_size": size, "previous_page_uri": None, "uri": uri, "start": 0,
+                     "end": max(len(page) - 1, 0)}
 
     def _create(self, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
         to = form.get("To", "")
@@ -181,13 +196,14 @@ class FakeTwilio:
         with self._lock:
             if to in self.unsubscribed:
                 return _error(400, 21610, "Attempt to send to unsubscribed recipient")
-            message = dict(form, sid="SM" + uuid.uuid4().hex, AccountSid=self.account_sid)
+            message = dict(form, sid="SM" + uuid.uuid4().hex, AccountSid=self.account_sid,
+                           created=formatdate(usegmt=True))
             self.messages.append(message)
         return 201, self._resource(message)
 
     def _resource(self, message: dict[str, str]) -> dict[str, Any]:
         sid = message["sid"]
-        now = formatdate(usegmt=True)
+        now = message.get("created") or formatdate(usegmt=True)
         return {
             "account_sid": self.account_sid,
             "api_version": "2010-04-01",
