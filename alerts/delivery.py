@@ -116,14 +116,15 @@ class RateLimiter:
             return 0.0
         slept = 0.0
         with self._lock:
-            while True:
-                now = self._clock()
-                self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
-                self._last = now
-                need = min(float(segments), self.burst)
-                if self._tokens >= need:
-                    self._tokens -= float(segments)
-                    return slept
-                wait = (need - self._tokens) / self.rate
-                self._sleep(wait)
-                slept += wait
+            now = self._clock()
+            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+            self._last = now
+            need = min(float(segments), self.burst)
+            if self._tokens < need:
+                slept = (need - self._tokens) / self.rate
+                self._sleep(slept)
+                # the bucket refilled to exactly `need` meanwhile (oversleeping is not credited)
+                self._last = self._clock()
+                self._tokens = need
+            self._tokens -= float(segments)
+            return slept

@@ -195,13 +195,7 @@ def make_dispatcher(cfg: Config, store: Store, channel: Channel, *,
 
 def dispatch(cfg: Config, store: Store, channel: Channel) -> int:
     """Send what is due now (retries wait for a later pass); returns how many were sent."""
-    d = make_dispatcher(cfg, store, channel)
-    sent = 0
-    while True:
-        st = d.run_once()
-        sent += st.sent
-        if not (st.sent + st.failed + st.retried + st.cancelled + st.recovered + st.requeued):
-            return sent
+    return make_dispatcher(cfg, store, channel).drain().sent
 
 
 def alerts_for(store: Store, scope: str) -> list[AlertRow]:

@@ -191,5 +191,8 @@ def _print_timeline(cfg: Any, result: Any) -> None:
     console.print(f"{len(result.cycles)} cycles in {result.seconds:.1f} s.")
 
 
+from . import cli_alerts  # noqa: E402,F401  (registers the subscribers/alerts/dispatch commands)
+
+
 def main() -> None:  # pragma: no cover
     app()

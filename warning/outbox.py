@@ -36,7 +36,7 @@ from alerts.errors import DeliveryError
 from alerts.messages import sms_segments
 
 from .errors import FloodwarnError
-from .storage import AlertRow, ApprovalRow, DeliveryRow, OutboxRow, Store, Subscriber, utcnow
+from .storage import AlertRow, ApprovalRow, DeliveryRow, OutboxRow, Store, Subscriber, ZoneStateRow, utcnow
 from .subscribers import PhoneVault
 
 log = logging.getLogger(__name__)
@@ -155,6 +155,10 @@ def decide_approval(store: Store, approval_id: int, *, approve: bool, by: str, a
         n = s.execute(update(OutboxRow).where(OutboxRow.alert_identifier == a.alert_identifier,
                                               OutboxRow.state == "held").values(**values)).rowcount
         alert.state = "published" if approve else "rejected"
+        if not approve:  # later notices of the zone must not reference one never published
+            zs = s.get(ZoneStateRow, (a.zone, a.scope))
+            if zs is not None and zs.chain:
+                zs.chain = [c for c in zs.chain if c[1] != a.alert_identifier]
         store.audit(s, "approved" if approve else "rejected",
                     {"alert": a.alert_identifier, "by": by, "messages": n, "edited": text is not None,
                      "note": note}, zone=a.zone, time=at)
@@ -191,6 +195,11 @@ class DispatchStats:
     segments: int = 0
     slept_s: float = 0.0
     errors: list[str] = field(default_factory=list)
+
+    @property
+    def busy(self) -> bool:
+        """Whether the pass did anything (a quiet pass means nothing is due)."""
+        return bool(self.sent + self.failed + self.retried + self.cancelled + self.recovered + self.requeued)
 
     def add(self, other: "DispatchStats") -> None:
         for k in ("sent", "failed", "retried", "cancelled", "recovered", "requeued", "released", "segments"):
@@ -295,76 +304,79 @@ class Dispatcher:
 
     # -- sending
     def _finish(self, row: OutboxRow, now: datetime, *, audit: tuple[str, dict] | None = None,
-                **values: Any) -> None:
+                mark: int | None = None, session=None, **values: Any) -> None:
+        """Record one row's outcome (in ``session``, or in a transaction of its own)."""
+        if session is None:
+            with self.store.session.begin() as s:
+                return self._finish(row, now, audit=audit, mark=mark, session=s, **values)
+        s = session
         status = values.pop("_status", "accepted")
-        with self.store.session.begin() as s:
-            s.execute(update(OutboxRow).where(OutboxRow.id == row.id).values(**values))
-            if values.get("state") == "sent" and values.get("provider_id"):
-                if s.get(DeliveryRow, values["provider_id"]) is None:  # a callback may be first
-                    s.add(DeliveryRow(provider_id=values["provider_id"], outbox_id=row.id,
-                                      status=status, updated=now))
-            if audit:
-                name, extra = audit
-                self.store.audit(s, name, {"outbox_id": row.id, "alert": row.alert_identifier,
-                                           "subscriber_id": row.subscriber_id, **extra},
-                                 zone=row.zone, time=now)
+        s.execute(update(OutboxRow).where(OutboxRow.id == row.id).values(**values))
+        if values.get("state") == "sent" and values.get("provider_id"):
+            if s.get(DeliveryRow, values["provider_id"]) is None:  # a callback may be first
+                s.add(DeliveryRow(provider_id=values["provider_id"], outbox_id=row.id,
+                                  status=status, updated=now))
+        if audit:
+            name, extra = audit
+            self.store.audit(s, name, {"outbox_id": row.id, "alert": row.alert_identifier,
+                                       "subscriber_id": row.subscriber_id, **extra},
+                             zone=row.zone, time=now)
+        if mark is not None and row.subscriber_id is not None:
+            self._mark_subscriber(s, row.subscriber_id, mark, now)
 
-    def _mark_subscriber(self, sub_id: int, code: int, now: datetime) -> None:
+    def _mark_subscriber(self, s, sub_id: int, code: int, now: datetime) -> None:
         effect = subscriber_effect(code)
         if effect is None or effect[1] == "operator":
             return
         meaning, kind = effect
-        with self.store.session.begin() as s:
-            sub = s.get(Subscriber, sub_id)
-            if sub is None:
-                return
-            if kind == "opted_out":
-                sub.opted_out_at = sub.opted_out_at or now
-                event = "opt_out"
-            else:
-                sub.unreachable = f"{code} {meaning}"
-                event = "unreachable"
-            self.store.audit(s, event, {"subscriber_id": sub_id, "source": f"provider error {code}"}, time=now)
-            # nothing else queued for this number can go out either
-            s.execute(update(OutboxRow).where(OutboxRow.subscriber_id == sub_id,
-                                              OutboxRow.state.in_(OPEN_STATES))
-                      .values(state="cancelled", error=f"provider error {code}: {meaning}"))
+        sub = s.get(Subscriber, sub_id)
+        if sub is None:
+            return
+        if kind == "opted_out":
+            sub.opted_out_at = sub.opted_out_at or now
+            event = "opt_out"
+        else:
+            sub.unreachable = f"{code} {meaning}"
+            event = "unreachable"
+        self.store.audit(s, event, {"subscriber_id": sub_id, "source": f"provider error {code}"}, time=now)
+        # nothing else queued for this number can go out either
+        s.execute(update(OutboxRow).where(OutboxRow.subscriber_id == sub_id, OutboxRow.state.in_(OPEN_STATES))
+                  .values(state="cancelled", error=f"provider error {code}: {meaning}"))
 
-    def _send_one(self, row: OutboxRow, sub: Subscriber | None, st: DispatchStats) -> None:
+    def _send_one(self, row: OutboxRow, sub: Subscriber | None, st: DispatchStats) -> dict[str, Any]:
+        """Send one claimed row; returns the outcome for :meth:`_finish` (recorded per batch:
+        a dispatcher killed before recording leaves the row claimed, and recovery asks
+        the provider whether it went out)."""
         now = self.clock()
         if sub is None or sub.opted_out_at is not None or sub.unreachable is not None:
             why = "subscriber deleted" if sub is None else (
                 "subscriber opted out" if sub.opted_out_at is not None else f"unreachable: {sub.unreachable}")
-            self._finish(row, now, state="cancelled", error=why, audit=("send_cancelled", {"why": why}))
             st.cancelled += 1
-            return
+            return dict(now=now, state="cancelled", error=why, audit=("send_cancelled", {"why": why}))
         msg = self._message(row, sub)
         st.slept_s += self.limiter.acquire(row.segments)
         try:
             res = self.channel.send(msg)
         except DeliveryError as exc:
+            log.warning("SMS %s to %s: %s", row.key, mask_phone(msg.to), exc)
             delay = None if exc.permanent else self.retry.delay(row.attempts)
             detail = {"code": exc.code, "permanent": exc.permanent, "attempt": row.attempts}
             if delay is None:
-                self._finish(row, now, state="failed", error=str(exc), audit=("send_failed", detail))
                 st.failed += 1
-                if exc.code is not None and exc.permanent:
-                    self._mark_subscriber(sub.id, exc.code, now)
-            else:
-                self._finish(row, now, state="pending", claimed_by=None, error=str(exc),
-                             next_attempt_at=now + delay, audit=("send_retry", {**detail, "retry_in_s":
-                                                                                 delay.total_seconds()}))
-                st.retried += 1
-            log.warning("SMS %s to %s: %s", row.key, mask_phone(msg.to), exc)
-            return
-        self._finish(row, now, state="sent", provider_id=res.provider_id, sent_at=now, error=None,
-                     _status=res.status or "accepted",
-                     audit=("sent", {"provider_id": res.provider_id, "segments": row.segments}))
+                return dict(now=now, state="failed", error=str(exc), audit=("send_failed", detail),
+                            mark=exc.code if exc.permanent else None)
+            st.retried += 1
+            return dict(now=now, state="pending", claimed_by=None, error=str(exc), next_attempt_at=now + delay,
+                        audit=("send_retry", {**detail, "retry_in_s": delay.total_seconds()}))
         st.sent += 1
         st.segments += row.segments
+        return dict(now=now, state="sent", provider_id=res.provider_id, sent_at=now, error=None,
+                    _status=res.status or "accepted",
+                    audit=("sent", {"provider_id": res.provider_id, "segments": row.segments}))
 
     def run_once(self) -> DispatchStats:
-        """Release due approvals, recover stale claims, then send one batch."""
+        """Release due approvals, recover stale claims, then send one batch (its outcomes
+        recorded in one transaction)."""
         now = self.clock()
         st = DispatchStats()
         st.released = release_due(self.store, now, self.publish)
@@ -374,9 +386,20 @@ class Dispatcher:
             with self.store.session() as s:
                 subs = {sub.id: sub for sub in s.scalars(
                     select(Subscriber).where(Subscriber.id.in_({r.subscriber_id for r in rows if r.subscriber_id})))}
-            for row in rows:
-                self._send_one(row, subs.get(row.subscriber_id), st)
+            outcomes = [(row, self._send_one(row, subs.get(row.subscriber_id), st)) for row in rows]
+            with self.store.session.begin() as s:
+                for row, out in outcomes:
+                    self._finish(row, out.pop("now"), session=s, **out)
         return st
+
+    def drain(self) -> DispatchStats:
+        """Send what is due now, batch after batch; retries due later wait for a later call."""
+        total = DispatchStats()
+        while True:
+            st = self.run_once()
+            total.add(st)
+            if not st.busy:
+                return total
 
     def run(self, *, until_empty: bool = True, poll_s: float = 2.0,
             stop: Callable[[], bool] = lambda: False) -> DispatchStats:
@@ -385,8 +408,7 @@ class Dispatcher:
         while not stop():
             st = self.run_once()
             total.add(st)
-            busy = st.sent + st.failed + st.retried + st.cancelled + st.recovered + st.requeued
-            if not busy:
+            if not st.busy:
                 if until_empty and not self._waiting():
                     break
                 time.sleep(poll_s)

@@ -13,6 +13,7 @@ import csv
 import hashlib
 import hmac
 import logging
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -28,10 +29,14 @@ from .secrets import env_secret
 from .storage import Store, Subscriber, utcnow
 
 log = logging.getLogger(__name__)
+_PHONE_CHARS = re.compile(r"\+?[\d\s().-]+")
 
 
 def normalise_phone(number: str, region: str = "GB") -> str:
     """E.164 form of ``number`` (``"07700 900100"`` in GB -> ``"+447700900100"``)."""
+    if not _PHONE_CHARS.fullmatch(number.strip() or "x"):
+        raise FloodwarnError(f"not a phone number: {mask_phone(number)} (only digits, spaces, "
+                             "+, -, ( and ) are allowed)")
     try:
         parsed = phonenumbers.parse(number, region)
     except phonenumbers.NumberParseException as exc:
@@ -85,34 +90,73 @@ class SubscriberRegistry:
         self.vault = vault
         self.region = region
 
-    def add(self, phone: str, zones: list[str], language: str = "en",
+    def add(self, phone: str, zones: list[str], language: str | None = None,
             consent_source: str = "unknown", consent_time: datetime | None = None) -> int:
+        """Subscribe ``phone`` to ``zones`` (an existing number gets them added; its
+        language changes only when one is given). Returns the subscriber id."""
         e164 = normalise_phone(phone, self.region)
         h = self.vault.lookup_hash(e164)
         with self.store.session.begin() as s:
             row = s.scalar(select(Subscriber).where(Subscriber.phone_hash == h))
             if row is None:
                 row = Subscriber(phone_hash=h, phone_enc=self.vault.encrypt(e164), zones=zones,
-                                 language=language, consent_source=consent_source,
+                                 language=language or "en", consent_source=consent_source,
                                  consent_time=consent_time or utcnow())
                 s.add(row)
             else:
                 row.zones = sorted(set(row.zones) | set(zones))
-                row.language = language
+                row.language = language or row.language
             s.flush()
             log.info("subscriber %s added to %s", mask_phone(e164), ",".join(zones))
             return row.id
 
-    def import_csv(self, path: Path) -> int:
-        """Import ``phone, zones (;-separated), language, consent_source`` rows."""
-        n = 0
-        with open(path, newline="") as fh:
-            for row in csv.DictReader(fh):
-                zones = [z.strip() for z in row["zones"].split(";") if z.strip()]
-                self.add(row["phone"], zones, row.get("language") or "en",
-                         row.get("consent_source") or f"import {path.name}")
-                n += 1
-        return n
+    def import_csv(self, path: Path, known_zones: list[str] | None = None) -> int:
+        """Import ``phone, zones (;-separated), language, consent_source`` rows.
+
+        Every row is checked first (number, zones, language); if any is wrong nothing is
+        imported and the error lists every bad row by line number (numbers masked).
+        Returns the number of rows imported.
+        """
+        try:
+            with open(path, newline="", encoding="utf-8-sig") as fh:
+                reader = csv.DictReader(fh)
+                missing = {"phone", "zones"} - set(reader.fieldnames or ())
+                if missing:
+                    raise FloodwarnError(f"{path}: missing column(s) {', '.join(sorted(missing))}; expected "
+                                         "phone, zones, language, consent_source")
+                rows = list(reader)
+        except OSError as exc:
+            raise FloodwarnError(f"cannot read {path}: {exc.strerror}") from None
+        zones_ok = {z.lower(): z for z in known_zones} if known_zones is not None else None
+        good, problems = [], []
+        for line, row in enumerate(rows, start=2):
+            phone = (row.get("phone") or "").strip()
+            try:
+                e164 = normalise_phone(phone, self.region)
+            except FloodwarnError as exc:
+                problems.append(f"line {line}: {exc}")
+                continue
+            zones = [z.strip() for z in (row.get("zones") or "").split(";") if z.strip()]
+            if not zones:
+                problems.append(f"line {line}: no zones for {mask_phone(e164)}")
+                continue
+            if zones_ok is not None:
+                bad = [z for z in zones if z.lower() not in zones_ok]
+                if bad:
+                    problems.append(f"line {line}: unknown zone(s) {', '.join(bad)}")
+                    continue
+                zones = [zones_ok[z.lower()] for z in zones]
+            lang = (row.get("language") or "en").strip().lower()
+            if not (2 <= len(lang) <= 8 and lang.replace("-", "").isalpha()):
+                problems.append(f"line {line}: language {lang!r} is not a language code like en or es")
+                continue
+            good.append((e164, zones, lang, (row.get("consent_source") or "").strip() or f"import {path.name}"))
+        if problems:
+            raise FloodwarnError(f"{path}: {len(problems)} bad row(s), nothing imported:\n  "
+                                 + "\n  ".join(problems[:50]))
+        for e164, zones, lang, source in good:
+            self.add(e164, zones, lang, source)
+        return len(good)
 
     def delete(self, phone: str) -> bool:
         """Remove the number for good (its encrypted copy and lookup hash); the audit log
@@ -145,6 +189,9 @@ class SubscriberRegistry:
 
     def opt_out(self, phone: str, source: str, at: datetime | None = None) -> bool:
         """Mark the number opted out (STOP, or the provider's 21610); False if unknown."""
+        row = self.find(phone)
+        if row is not None and row.opted_out_at is not None:
+            return True  # already out: keep the first time
         return self._update(phone, "opt_out", {"source": source}, opted_out_at=at or utcnow())
 
     def opt_in(self, phone: str, source: str) -> bool:

@@ -1,17 +1,27 @@
-"""From decisions to CAP notices: a whole warning chain, drills, explanations."""
+"""From decisions to CAP notices: a whole warning chain, drills, explanations, languages."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import xml.etree.ElementTree as ET
 from datetime import timedelta
 
 import pytest
-from alerts_testdata import LEVELS, SEVERE, T0, WARNING, assert_schema_valid
+from alerts_testdata import ADVISORY, CAP_DIR, LEVELS, SEVERE, T0, WARNING, assert_schema_valid
 
-from alerts.cap import format_cap_time, parse_cap, to_xml
+from alerts.cap import CAP_NS, format_cap_time, parse_cap, to_xml
 from alerts.errors import CapError
 from alerts.levels import ZonePolicy, ZoneState, decide
-from alerts.notices import NoticeContext, ZoneInfo, build_notice, notice_url, parameter_name
+from alerts.notices import (
+    NOTICE_PHRASES,
+    NoticeContext,
+    ZoneInfo,
+    build_notice,
+    notice_html_url,
+    notice_url,
+    parameter_name,
+)
 
 ZONE = ZoneInfo(
     code="RIV1", name="Riverside",
@@ -215,3 +225,197 @@ def test_parameter_names(key, name):
 
 def test_notice_url_quotes_the_identifier():
     assert notice_url("https://x.org/", "a/b c") == "https://x.org/notices/a%2Fb%20c.xml"
+
+
+# --------------------------------------------------------------------------- languages
+
+BILINGUAL = dataclasses.replace(CTX, language=None, languages=("en", "es"))
+CAP = f"{{{CAP_NS}}}"
+STATUS_CONTEXTS = {
+    "Actual": {},
+    "Exercise": {"status": "Exercise", "exercise_note": "Drill Storm Dennis replay 2026-03"},
+    "Test": {"status": "Test"},
+}
+
+
+def context(languages: tuple[str, ...], status: str) -> NoticeContext:
+    return NoticeContext(
+        sender=CTX.sender, sender_name=CTX.sender_name, web_base=CTX.web_base, run=RUN,
+        contact=CTX.contact, languages=languages, **STATUS_CONTEXTS[status],
+    )
+
+
+def bilingual_chain(ctx: NoticeContext = BILINGUAL, *, levels=LEVELS):
+    """Advisory -> Warning -> all-clear, with onset, in every language of ``ctx``."""
+    series = [{"peak_depth_m": 0.2}, {"peak_depth_m": 0.82}, {"peak_depth_m": 0.0,
+                                                               "flooded_share": 0.0}]
+    state, chain, notices = ZoneState(), [], []
+    for i, metrics in enumerate(series):
+        now = T0 + i * HOUR + timedelta(microseconds=999_999)
+        decision = decide(state, metrics, now, LEVELS, ZonePolicy(), zone=ZONE.code)
+        state = decision.state
+        level = next((lv for lv in LEVELS if lv.rank == decision.level), None)
+        alert = build_notice(
+            decision, ZONE, level, chain, ctx, identifier=f"fw-RIV1-{i + 1}",
+            expires=now + timedelta(hours=12, microseconds=5),
+            details={"peak_depth_m": metrics["peak_depth_m"], "peak_time": PEAK_TIME,
+                     "onset": now + 2 * HOUR},
+            levels=levels,
+        )
+        notices.append((decision, alert))
+        chain = [*chain, (alert.sender, alert.identifier, alert.sent)]
+    return notices
+
+
+def test_context_languages_default_to_the_one_language():
+    assert CTX.languages == ("en",) and CTX.language == "en"
+    es = dataclasses.replace(CTX, language="es", languages=())
+    assert es.languages == ("es",)
+    assert BILINGUAL.language == "en" and BILINGUAL.languages == ("en", "es")
+    assert NoticeContext(sender="a@b", sender_name="x", web_base="https://x",
+                         language="es", languages=["es", "en"]).languages == ("es", "en")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"language": "es", "languages": ("en", "es")}, "must be the first"),
+        ({"languages": ("en", "EN")}, "twice"),
+        ({"languages": ("en", "es_ES")}, "RFC 3066"),
+        ({"language": "english please"}, "RFC 3066"),
+    ],
+)
+def test_context_rejects_bad_languages(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        NoticeContext(sender="a@b", sender_name="x", web_base="https://x", **kwargs)
+
+
+@pytest.mark.parametrize("status", ["Actual", "Exercise", "Test"])
+@pytest.mark.parametrize("languages", [("en",), ("en", "es")])
+def test_every_notice_is_schema_valid(cap_schema, languages, status):
+    """Alert, Update and Cancel; one and two languages; Actual, Exercise and Test."""
+    notices = bilingual_chain(context(languages, status))
+    assert [a.msg_type for _, a in notices] == ["Alert", "Update", "Cancel"]
+    for i, (_, alert) in enumerate(notices):
+        xml = to_xml(alert)
+        assert_schema_valid(cap_schema, xml)
+        assert parse_cap(xml) == alert
+        # Read the XML independently of parse_cap.
+        root = ET.fromstring(xml)
+        infos = root.findall(f"{CAP}info")
+        assert [i.findtext(f"{CAP}language") for i in infos] == list(languages)
+        assert root.findtext(f"{CAP}status") == status
+        assert (root.findtext(f"{CAP}note") is not None) == (status == "Exercise")
+        refs = (root.findtext(f"{CAP}references") or "").split()
+        earlier = [f"{a.sender},{a.identifier},{format_cap_time(a.sent)}" for _, a in notices[:i]]
+        assert refs == earlier  # every earlier message of the chain, oldest first
+
+
+def test_cap_times_in_the_xml_text_are_whole_seconds_with_an_offset():
+    for _, alert in bilingual_chain():
+        text = to_xml(alert).decode()
+        found = {tag: re.findall(rf"<{tag}>([^<]*)</{tag}>", text)
+                 for tag in ("sent", "effective", "onset", "expires")}
+        assert len(found["sent"]) == 1
+        assert len(found["expires"]) == len(found["effective"]) == 2  # one per <info>
+        if alert.msg_type != "Cancel":
+            assert len(found["onset"]) == 2
+        for values in found.values():
+            for value in values:
+                assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d", value), value
+
+
+def test_infos_follow_the_languages_and_share_everything_but_texts():
+    for _, alert in bilingual_chain():
+        en, es = alert.infos
+        assert (en.language, es.language) == ("en", "es")
+        for name in ("category", "event", "response_type", "urgency", "severity", "certainty",
+                     "web", "effective", "onset", "expires", "sender_name", "contact",
+                     "event_codes", "parameters", "areas"):
+            assert getattr(en, name) == getattr(es, name), name
+        assert en.headline != es.headline
+        assert en.description != es.description
+
+
+def test_spanish_info_uses_level_translations_and_spanish_phrases():
+    _, alert = bilingual_chain()[1]  # raise to Flood Warning: an Update
+    es = alert.infos[1]
+    assert es.headline == "Aviso de inundación para Riverside"
+    assert es.instruction == WARNING.instruction_for("es")
+    assert es.instruction != WARNING.instruction
+    assert es.description.startswith("Se emite Aviso de inundación para Riverside.")
+    assert "Motivo: profundidad máxima prevista 0,82 m ≥ 0,50 m" in es.description
+    assert "Pico previsto: 0,82 m de profundidad" in es.description
+    assert "ejecución del modelo 2026-03-14T05:00Z-hand-ens" in es.description
+    en = alert.infos[0]
+    assert en.headline == "Flood Warning for Riverside"
+    assert "Why: forecast peak depth 0.82 m ≥ 0.50 m" in en.description
+
+
+def test_spanish_all_clear_has_a_spanish_instruction():
+    _, alert = bilingual_chain()[-1]
+    en, es = alert.infos
+    assert en.instruction == NOTICE_PHRASES["en"]["all_clear_instruction"]
+    assert es.instruction == NOTICE_PHRASES["es"]["all_clear_instruction"]
+    assert es.headline == "Ya no hay aviso de inundación en vigor para Riverside"
+    assert es.response_type == "AllClear" and es.onset is None
+    assert "Motivo: profundidad máxima prevista 0,00 m < 0,50 m" in es.description
+
+
+def test_without_levels_the_why_stays_english_and_says_so():
+    _, alert = bilingual_chain(levels=())[1]
+    es = alert.infos[1]
+    assert "Motivo (en inglés): forecast peak depth 0.82 m ≥ 0.50 m" in es.description
+    assert es.headline == "Aviso de inundación para Riverside"  # the lead is still Spanish
+
+
+def test_language_without_phrases_falls_back_to_english_but_keeps_its_tag():
+    ctx = dataclasses.replace(CTX, language=None, languages=("en", "fr"))
+    _, alert = bilingual_chain(ctx)[0]
+    en, fr = alert.infos
+    assert fr.language == "fr"
+    assert fr.headline == en.headline == f"{ADVISORY.title} for Riverside"
+    assert fr.instruction == ADVISORY.instruction
+    assert fr.description == en.description
+
+
+def test_exercise_and_test_mark_every_language():
+    exercise = bilingual_chain(context(("en", "es"), "Exercise"))[0][1]
+    assert [i.headline.split(":")[0] for i in exercise.infos] == ["EXERCISE", "SIMULACRO"]
+    assert exercise.infos[1].description.startswith(
+        "SIMULACRO (Drill Storm Dennis replay 2026-03): esto es un simulacro"
+    )
+    test = bilingual_chain(context(("en", "es"), "Test"))[0][1]
+    assert test.note is None
+    assert [i.headline.split(":")[0] for i in test.infos] == ["TEST", "PRUEBA"]
+
+
+def test_notice_html_url_sits_beside_the_cap_file():
+    assert notice_html_url("https://x.org/", "a/b c") == "https://x.org/notices/a%2Fb%20c.html"
+
+
+# --------------------------------------------------------------------------- schema oracle
+
+
+@pytest.mark.requires_shared
+@pytest.mark.parametrize(
+    "name",
+    ["invalid-missing-identifier.xml", "invalid-sent-timestamp.xml", "invalid-severity.xml"],
+)
+def test_invalid_samples_fail_the_same_schema_check(cap_schema, name):
+    """The XSD check used above is not vacuous: it rejects the pack's invalid samples."""
+    path = CAP_DIR / name
+    if not path.is_file():
+        pytest.skip(f"{path} not found (the ../shared standards pack)")
+    with pytest.raises(AssertionError):
+        assert_schema_valid(cap_schema, path.read_bytes())
+    with pytest.raises(CapError):
+        parse_cap(path.read_bytes())
+
+
+@pytest.mark.requires_shared
+def test_a_valid_sample_passes_the_same_schema_check(cap_schema):
+    path = CAP_DIR / "ea-severe-flood-warning-wainfleet.xml"
+    if not path.is_file():
+        pytest.skip(f"{path} not found (the ../shared standards pack)")
+    assert_schema_valid(cap_schema, path.read_bytes())

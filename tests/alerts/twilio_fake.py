@@ -250,6 +250,9 @@ def _basic_auth(header: str | None) -> tuple[str, str] | None:
 def _make_handler(fake: FakeTwilio) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # headers and body go out in two writes; without TCP_NODELAY, Nagle's algorithm
+        # and the client's delayed ACK hold every keep-alive response for ~40 ms
+        disable_nagle_algorithm = True
 
         def _serve(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)

@@ -1,0 +1,239 @@
+"""``floodwarn subscribers ...``, ``floodwarn alerts ...`` and ``floodwarn dispatch``.
+
+Phone numbers appear in clear only in ``subscribers export`` (a file the operator asked
+for); every listing masks them.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from .cli import ConfigOpt, _friendly, _parse_time, _setup_logging, app, console
+
+subscribers_app = typer.Typer(help="Residents subscribed by SMS: add, import, export, delete, list.",
+                              no_args_is_help=True)
+alerts_app = typer.Typer(help="The approval queue and the audit log of alerts.", no_args_is_help=True)
+app.add_typer(subscribers_app, name="subscribers")
+app.add_typer(alerts_app, name="alerts")
+
+
+def _open(config: Path):
+    from .config import load_config
+    from .storage import Store
+
+    cfg = load_config(config)
+    return cfg, Store(cfg.db_url)
+
+
+def _registry(config: Path):
+    from .subscribers import PhoneVault, SubscriberRegistry
+
+    cfg, store = _open(config)
+    return cfg, store, SubscriberRegistry(store, PhoneVault.from_env(), cfg.subscribers.default_region)
+
+
+def _check_zones(cfg, zones: list[str]) -> list[str]:
+    known = {z.code: z.code for z in cfg.zones} | {z.code.lower(): z.code for z in cfg.zones}
+    bad = [z for z in zones if z not in known and z.lower() not in known]
+    if bad:
+        raise typer.BadParameter(f"unknown zone(s) {', '.join(bad)}; zones of this site: "
+                                 f"{', '.join(z.code for z in cfg.zones)}")
+    return [known.get(z, known.get(z.lower())) for z in zones]
+
+
+# --------------------------------------------------------------------------- subscribers
+@subscribers_app.command("add")
+@_friendly
+def subscribers_add(
+        config: ConfigOpt,
+        phone: Annotated[str, typer.Argument(help="phone number (E.164, or national in the site's region)")],
+        zone: Annotated[list[str], typer.Option("--zone", "-z", help="zone code (repeat for several)")],
+        language: Annotated[str, typer.Option(help="language of the messages (en, es, ...)")] = "en",
+        consent_source: Annotated[str, typer.Option(help="how the resident consented, e.g. 'paper form 2025-11'")]
+        = "operator (CLI)") -> None:
+    """Subscribe a resident to one or more zones (recording how they consented)."""
+    from alerts.channels import mask_phone
+
+    cfg, _store, reg = _registry(config)
+    zones = _check_zones(cfg, zone)
+    sid = reg.add(phone, zones, language, consent_source)
+    console.print(f"subscriber {sid} ({mask_phone(phone)}) in {', '.join(zones)}, language {language}")
+
+
+@subscribers_app.command("import")
+@_friendly
+def subscribers_import(config: ConfigOpt,
+                       csv_path: Annotated[Path, typer.Argument(help="CSV: phone, zones (;-separated), "
+                                                                     "language, consent_source")]) -> None:
+    """Import subscribers from a CSV file (existing numbers get the new zones added)."""
+    cfg, _store, reg = _registry(config)
+    n = reg.import_csv(csv_path, known_zones=[z.code for z in cfg.zones])
+    console.print(f"imported {n} subscriber rows from {csv_path}; {reg.count()} subscribers in all")
+
+
+@subscribers_app.command("export")
+@_friendly
+def subscribers_export(config: ConfigOpt,
+                       csv_path: Annotated[Path, typer.Argument(help="file to write (holds numbers in clear)")]
+                       ) -> None:
+    """Export every subscriber to CSV (numbers in clear: personal data, keep it safe)."""
+    _cfg, _store, reg = _registry(config)
+    n = reg.export_csv(csv_path)
+    console.print(f"wrote {n} subscribers to {csv_path} (phone numbers in clear: personal data)")
+
+
+@subscribers_app.command("delete")
+@_friendly
+def subscribers_delete(config: ConfigOpt, phone: Annotated[str, typer.Argument(help="the number to remove")]) -> None:
+    """Delete a subscriber for good: the encrypted number and its lookup hash are removed."""
+    from alerts.channels import mask_phone
+
+    _cfg, _store, reg = _registry(config)
+    if not reg.delete(phone):
+        console.print(f"no subscriber with number {mask_phone(phone)}")
+        raise typer.Exit(1)
+    console.print(f"deleted {mask_phone(phone)}; queued messages to it will not be sent")
+
+
+@subscribers_app.command("list")
+@_friendly
+def subscribers_list(config: ConfigOpt, zone: Annotated[str, typer.Option(help="only this zone")] = "") -> None:
+    """List subscribers with masked numbers."""
+    from sqlalchemy import select
+
+    from alerts.channels import mask_phone
+
+    from .storage import Subscriber
+
+    _cfg, store, reg = _registry(config)
+    table = Table("id", "phone", "zones", "language", "consent", "state")
+    with store.session() as s:
+        for r in s.scalars(select(Subscriber).order_by(Subscriber.id)):
+            if zone and zone not in r.zones:
+                continue
+            state = ("opted out" if r.opted_out_at else f"unreachable ({r.unreachable})" if r.unreachable
+                     else "active")
+            table.add_row(str(r.id), mask_phone(reg.vault.decrypt(r.phone_enc)), ",".join(r.zones), r.language,
+                          f"{r.consent_source} {r.consent_time:%Y-%m-%d}", state)
+    console.print(table)
+
+
+# --------------------------------------------------------------------------- alerts
+@alerts_app.command("pending")
+@_friendly
+def alerts_pending(config: ConfigOpt) -> None:
+    """Notices waiting for a manager's approval."""
+    from .outbox import pending_approvals
+
+    _cfg, store = _open(config)
+    items = pending_approvals(store)
+    if not items:
+        console.print("nothing waits for approval")
+        return
+    table = Table("id", "zone", "level", "requested (UTC)", "auto-release", "SMS", "headline")
+    for p in items:
+        table.add_row(str(p.id), p.zone, p.level, f"{p.requested_at:%Y-%m-%d %H:%M}",
+                      f"{p.release_at:%Y-%m-%d %H:%M}" if p.release_at else "never", str(p.messages), p.headline)
+    console.print(table)
+
+
+def _decide(config: Path, approval_id: int, approve: bool, by: str, text: str | None, note: str | None) -> None:
+    from .alerting import publisher
+    from .outbox import decide_approval
+
+    cfg, store = _open(config)
+    a = decide_approval(store, approval_id, approve=approve, by=by, text=text, note=note,
+                        publish=publisher(cfg))
+    console.print(f"{a.alert_identifier}: {a.state} by {a.decided_by} at {a.decided_at:%Y-%m-%d %H:%M} UTC")
+
+
+@alerts_app.command("approve")
+@_friendly
+def alerts_approve(config: ConfigOpt, approval_id: Annotated[int, typer.Argument(help="id from 'alerts pending'")],
+                   by: Annotated[str, typer.Option(help="who approves")],
+                   text: Annotated[str, typer.Option(help="SMS text to send instead of the template's")] = "",
+                   note: Annotated[str, typer.Option(help="a note for the log")] = "") -> None:
+    """Approve a held notice: publish it and release its SMS (optionally with your own text)."""
+    _decide(config, approval_id, True, by, text or None, note or None)
+
+
+@alerts_app.command("reject")
+@_friendly
+def alerts_reject(config: ConfigOpt, approval_id: Annotated[int, typer.Argument(help="id from 'alerts pending'")],
+                  by: Annotated[str, typer.Option(help="who rejects")],
+                  note: Annotated[str, typer.Option(help="why, for the log")] = "") -> None:
+    """Reject a held notice: it is never published and its SMS are cancelled."""
+    _decide(config, approval_id, False, by, None, note or None)
+
+
+@alerts_app.command("log")
+@_friendly
+def alerts_log(config: ConfigOpt,
+               zone: Annotated[str, typer.Option("--zone", "-z", help="only this zone")] = "",
+               event: Annotated[str, typer.Option(help="only this event (decision, sent, approved, ...)")] = "",
+               since: Annotated[str, typer.Option(help="ISO 8601 time with zone")] = "",
+               limit: Annotated[int, typer.Option(help="newest N entries")] = 50,
+               as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table")] = False
+               ) -> None:
+    """The append-only audit log: decisions, approvals, sends, deliveries, opt-outs."""
+    from sqlalchemy import select
+
+    from .storage import AuditRow
+
+    _cfg, store = _open(config)
+    q = select(AuditRow).order_by(AuditRow.id.desc()).limit(limit)
+    if zone:
+        q = q.where(AuditRow.zone == zone)
+    if event:
+        q = q.where(AuditRow.event == event)
+    if since:
+        q = q.where(AuditRow.time >= _parse_time(since))
+    with store.session() as s:
+        rows = list(reversed(s.scalars(q).all()))
+    if as_json:
+        for r in rows:
+            typer.echo(json.dumps({"id": r.id, "time": r.time.isoformat(), "zone": r.zone, "event": r.event,
+                                   "run_id": r.run_id, "detail": r.detail}, default=str))
+        return
+    table = Table("time (UTC)", "zone", "event", "detail")
+    for r in rows:
+        d = r.detail or {}
+        text = "; ".join(d.get("reasons", [])[:2]) if r.event == "decision" else ", ".join(
+            f"{k}={v}" for k, v in d.items() if v not in (None, "", []))
+        if r.event == "decision":
+            text = f"{d.get('action')} -> {d.get('level_name')}: {text}"
+        table.add_row(f"{r.time:%Y-%m-%d %H:%M}", r.zone or "", r.event, text[:160])
+    console.print(table)
+
+
+# --------------------------------------------------------------------------- dispatcher
+@app.command()
+@_friendly
+def dispatch(config: ConfigOpt,
+             once: Annotated[bool, typer.Option(help="send what is due, then stop (no waiting for retries)")]
+             = False,
+             forever: Annotated[bool, typer.Option(help="keep polling for new messages until stopped")] = False,
+             lease_s: Annotated[float, typer.Option(help="override channels.claim_lease_s")] = 0.0,
+             verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+    """Send the SMS outbox: safe to run several at once, and to kill and restart."""
+    from .alerting import make_channel, make_dispatcher
+
+    _setup_logging(verbose)
+    cfg, store = _open(config)
+    d = make_dispatcher(cfg, store, make_channel(cfg))
+    if lease_s > 0:
+        d.lease = timedelta(seconds=lease_s)
+    total = d.drain() if once else d.run(until_empty=not forever)
+    console.print(f"sent {total.sent} ({total.segments} segments), retried {total.retried}, "
+                  f"failed {total.failed}, cancelled {total.cancelled}, recovered {total.recovered}, "
+                  f"requeued {total.requeued}, auto-released {total.released}"
+                  + (f"; waited {total.slept_s:.1f} s for the rate limit" if total.slept_s else ""))
+    for e in total.errors[:5]:
+        console.print(f"[yellow]in doubt:[/] {e}")
+
