@@ -17,12 +17,14 @@ from typing import Any
 
 from sqlalchemy import select
 
-from alerts.cap import to_xml
+from alerts.cap import CapAlert, parse_cap, to_xml
+from alerts.errors import CapError
+from alerts.feeds import FeedEntry, atom_feed, current_notices, index_html, notice_html
 from alerts.channels import Channel, get_channel
 from alerts.delivery import RetryPolicy
 from alerts.levels import ZoneState, decide
 from alerts.messages import render_sms, sms_context
-from alerts.notices import NoticeContext, ZoneInfo, build_notice
+from alerts.notices import NoticeContext, ZoneInfo, build_notice, notice_html_url, notice_url
 
 from .config import Config
 from .secrets import env_secret
@@ -75,7 +77,7 @@ def decide_and_notify(site: Site, cfg: Config, store: Store, at: datetime,
                         web_base=cfg.notices.web_base,
                         status="Exercise" if drill else "Actual",
                         exercise_note=drill or None,
-                        language=cfg.notices.language, run=run_info)
+                        languages=tuple(cfg.notices.languages or [cfg.notices.language]), run=run_info)
     out_decisions: list[dict[str, Any]] = []
     notices: list[str] = []
     queued = 0
@@ -115,7 +117,8 @@ def decide_and_notify(site: Site, cfg: Config, store: Store, at: datetime,
                     identifier=identifier, expires=at + expiry,
                     details={"peak_depth_m": round(metrics[zone.code]["forecast_peak_depth_m"], 2),
                              "peak_time": det.get("peak_time") or "",
-                             "onset": det.get("onset") or ""})
+                             "onset": det.get("onset") or ""},
+                    levels=levels)
                 path = cap_dir / f"{identifier}.xml"
                 needs_approval = bool(level is not None and level.approval)
                 if needs_approval:  # not public until a manager approves (or the time runs out)
@@ -123,6 +126,8 @@ def decide_and_notify(site: Site, cfg: Config, store: Store, at: datetime,
                     (held_dir(cfg) / path.name).write_bytes(to_xml(alert))
                 else:
                     path.write_bytes(to_xml(alert))
+                    write_notice_page(cfg, alert, {"Reasons": list(d.reasons),
+                                                   "Metrics": _clean(metrics[zone.code])})
                     notices.append(str(path))
                 s.add(AlertRow(identifier=identifier, zone=zone.code, scope=scope, run_id=run_id,
                                level=d.level, level_name=level.name if level else "all_clear",
@@ -147,7 +152,7 @@ def decide_and_notify(site: Site, cfg: Config, store: Store, at: datetime,
                                  _det=det) -> str:
                         ctx_sms = sms_context(
                             _d, _levels, zone_name=_zone.name, language=language,
-                            link=f"{cfg.notices.web_base}/notices/{_id}.xml",
+                            link=notice_html_url(cfg.notices.web_base, _id),
                             peak_time=_det.get("peak_time"),
                             peak_depth_m=metrics[_zone.code]["forecast_peak_depth_m"])
                         return render_sms(_d.action, language, ctx_sms,
@@ -161,6 +166,8 @@ def decide_and_notify(site: Site, cfg: Config, store: Store, at: datetime,
             row.pending_level, row.pending_count = d.state.pending_level, d.state.pending_count
             row.active = d.state.active
             out_decisions.append(record)
+    if notices:
+        refresh_public_feed(cfg, at)
     return out_decisions, notices, queued
 
 
@@ -173,13 +180,51 @@ def held_dir(cfg: Config) -> Path:
     return cfg.output_dir / "held"
 
 
+def write_notice_page(cfg: Config, alert: CapAlert, explanation: dict[str, Any] | None = None) -> Path:
+    """The plain HTML page of a published notice, beside its CAP file."""
+    base = cfg.notices.web_base
+    path = cfg.output_dir / "cap" / f"{alert.identifier}.html"
+    path.write_text(notice_html(alert, cap_url=notice_url(base, alert.identifier),
+                                feed_url=f"{base.rstrip('/')}/feed.atom", index_url=f"{base.rstrip('/')}/",
+                                explanation=explanation), encoding="utf-8")
+    return path
+
+
+def refresh_public_feed(cfg: Config, at: datetime) -> None:
+    """Rewrite the Atom feeds and the index page from the published CAP files: the public
+    feed (``feed.atom``, ``index.html``: notices with status Actual) and the drills' feed
+    (``feed-exercise.atom``), each listing the notices current at ``at``."""
+    base = cfg.notices.web_base.rstrip("/")
+    published = []
+    for p in sorted((cfg.output_dir / "cap").glob("*.xml")):
+        try:
+            published.append(parse_cap(p.read_bytes()))
+        except (CapError, OSError) as exc:
+            log.warning("notice %s left out of the feed: %s", p.name, exc)
+    for statuses, name in ((("Actual",), "feed.atom"), (("Exercise",), "feed-exercise.atom")):
+        entries = [FeedEntry.from_alert(a, cap_url=notice_url(base, a.identifier),
+                                        html_url=notice_html_url(base, a.identifier))
+                   for a in current_notices(published, at, statuses=statuses)]
+        title = cfg.notices.sender_name + (" - drills" if "Exercise" in statuses else "")
+        (cfg.output_dir / name).write_bytes(atom_feed(
+            entries, feed_id=f"{base}/{name}", title=title, self_url=f"{base}/{name}", updated=at,
+            author=cfg.notices.sender_name, html_url=f"{base}/", language=cfg.notices.language))
+        if name == "feed.atom":
+            (cfg.output_dir / "index.html").write_text(index_html(
+                entries, feed_url=f"{base}/feed.atom", updated=at, language=cfg.notices.language,
+                sender_name=cfg.notices.sender_name), encoding="utf-8")
+
+
 def publisher(cfg: Config) -> Callable[[AlertRow], None]:
-    """Publish a held notice once approved: move its CAP file into the public folder."""
+    """Publish a held notice once approved: move its CAP file into the public folder,
+    write its page and refresh the feeds."""
     def publish(alert: AlertRow) -> None:
         src = held_dir(cfg) / Path(alert.cap_path).name
         if src.exists():
             Path(alert.cap_path).parent.mkdir(parents=True, exist_ok=True)
             src.replace(alert.cap_path)
+            write_notice_page(cfg, parse_cap(Path(alert.cap_path).read_bytes()))
+            refresh_public_feed(cfg, utcnow())
     return publish
 
 

@@ -236,6 +236,8 @@ class NoticesConfig(_Model):
     sender_name: str
     web_base: str
     language: str = "en"
+    #: languages of every notice, one CAP <info> each (default: [language])
+    languages: list[str] = Field(default_factory=list)
 
 
 class SubscribersConfig(_Model):

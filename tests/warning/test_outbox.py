@@ -281,3 +281,46 @@ def test_dispatcher_killed_repeatedly_delivers_each_message_exactly_once(tmp_pat
         # killed mid-batch, messages had gone out unrecorded: recovery found them at the provider
         recovered = s.scalars(select(AuditRow).where(AuditRow.event == "sent_recovered")).all()
     assert len(recovered) > 0
+
+
+def test_opt_out_round_trip_stop_then_start(tmp_path, env):
+    """A resident texts STOP: the next warning skips them (and what was queued for them is
+    not sent); START: the next warning reaches them again. Webhooks signed as Twilio does."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+    from twilio.request_validator import RequestValidator
+
+    from warning.webhooks import INBOUND_PATH, make_router
+
+    store = Store(f"sqlite:///{tmp_path}/fw.db")
+    add_subscribers(store, 3)
+    base = "https://flood.example"
+    with FakeTwilio() as fake:
+        app = FastAPI()
+        app.include_router(make_router(store, auth_token=fake.auth_token, public_base_url=base,
+                                       vault=PhoneVault(SECRET), region="US", zones={"Z1": "Millbrook"},
+                                       sender_name="Millbrook Flood Warnings"))
+
+        def text(client, body: str) -> int:
+            form = {"From": phone(1), "To": "+15005550006", "Body": body, "MessageSid": "SM" + "a" * 32}
+            sig = RequestValidator(fake.auth_token).compute_signature(base + INBOUND_PATH, form)
+            return client.post(INBOUND_PATH, data=form, headers={"X-Twilio-Signature": sig}).status_code
+
+        d = Dispatcher(store, twilio(fake))
+        with TestClient(app) as client:
+            queue(store, "Z1.1")
+            assert d.drain().sent == 3
+            queue(store, "Z1.2")  # queued while subscribed ...
+            assert text(client, "stop") == 200  # ... then STOP before it goes out
+            st = d.drain()
+            assert (st.sent, st.cancelled) == (2, 1)
+            queue(store, "Z1.3")
+            assert d.drain().sent == 2  # not even queued for them
+            assert text(client, "START") == 200
+            queue(store, "Z1.4")
+            assert d.drain().sent == 3
+        got = Counter(m["To"] for m in fake.messages)
+    assert got == {phone(0): 4, phone(2): 4, phone(1): 2}
+    with store.session() as s:
+        events = s.scalars(select(AuditRow.event).where(AuditRow.event.in_(["opt_out", "opt_in"]))).all()
+    assert events == ["opt_out", "opt_in"]
