@@ -16,6 +16,8 @@ Rules applied by :func:`decide`, in order:
   in force for at least ``policy.min_hold``. The new level is the highest lower level
   that still holds at the eased thresholds. Lowering to 0 while a warning chain is open
   is an ``all_clear``.
+- **Renew** a level still in force (no raise or lower) when its last notice is within
+  ``policy.renew_before`` of ``policy.expiry``: a fresh notice, no SMS.
 - **Missing data** (a metric absent or NaN) makes a criterion false, for raising and
   for lowering alike, and the reasons name it. Bridging short data gaps (last good value,
   flagged) is the ingest's job, before the metrics reach this module.
@@ -30,7 +32,7 @@ import logging
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from types import MappingProxyType
 
@@ -41,7 +43,7 @@ log = logging.getLogger(__name__)
 OPS = (">=", ">", "<=", "<")
 """Comparison operators a :class:`Criterion` may use."""
 
-ACTIONS = ("none", "raise", "lower", "all_clear", "hold")
+ACTIONS = ("none", "raise", "lower", "all_clear", "hold", "renew")
 """Possible :attr:`Decision.action` values."""
 
 _SYMBOL = {">=": "≥", ">": ">", "<=": "≤", "<": "<"}
@@ -317,7 +319,11 @@ class ZonePolicy:
     escalate_on_observed : bool
         Raise at once, skipping persistence, when an ``observed_*`` metric meets a level.
     expiry : timedelta, optional
-        How long a notice stays valid (CAP ``<expires>``); used by the caller.
+        How long a notice stays valid (CAP ``<expires>``). A level still in force is
+        renewed (action ``"renew"``: a new notice, no SMS) once its last notice is within
+        ``renew_before`` of expiring, so the public never sees a lapsed warning.
+    renew_before : timedelta
+        How long before expiry a level in force is renewed (at least one cycle).
     """
 
     persistence: int = 1
@@ -325,6 +331,7 @@ class ZonePolicy:
     min_hold: timedelta = timedelta(0)
     escalate_on_observed: bool = True
     expiry: timedelta | None = None
+    renew_before: timedelta = timedelta(hours=1)
 
     def __post_init__(self) -> None:
         if not isinstance(self.persistence, int) or self.persistence < 1:
@@ -335,6 +342,8 @@ class ZonePolicy:
             raise ValueError(f"min_hold must not be negative, got {self.min_hold}")
         if self.expiry is not None and self.expiry <= timedelta(0):
             raise ValueError(f"expiry must be positive, got {self.expiry}")
+        if self.renew_before < timedelta(0) or (self.expiry is not None and self.renew_before >= self.expiry):
+            raise ValueError(f"renew_before must be >= 0 and shorter than expiry, got {self.renew_before}")
 
 
 @dataclass(frozen=True)
@@ -353,6 +362,8 @@ class ZoneState:
         Consecutive cycles ``pending_level`` (or higher) has been met.
     active : bool
         Whether a warning chain is open (notices issued and not yet cleared).
+    issued : datetime, optional
+        When the last notice of the open chain was issued (for renewal before expiry).
     """
 
     level: int = 0
@@ -360,6 +371,7 @@ class ZoneState:
     pending_level: int = 0
     pending_count: int = 0
     active: bool = False
+    issued: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -367,7 +379,8 @@ class Decision:
     """What :func:`decide` concluded for one zone in one cycle.
 
     ``action`` is one of ``"none"``, ``"raise"``, ``"lower"``, ``"all_clear"``, ``"hold"``
-    (a change held back by persistence, hysteresis, minimum hold or missing data).
+    (a change held back by persistence, hysteresis, minimum hold or missing data), or
+    ``"renew"`` (the level stays, but its notice is about to expire: publish it again).
     ``reasons`` explain it in plain words; ``state`` is the zone's new state.
     """
 
@@ -384,6 +397,11 @@ class Decision:
     def changed(self) -> bool:
         """True when the level changed (raise, lower or all-clear)."""
         return self.action in ("raise", "lower", "all_clear")
+
+    @property
+    def publish(self) -> bool:
+        """True when a notice goes out: a change, or a renewal before expiry."""
+        return self.changed or self.action == "renew"
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -592,6 +610,18 @@ def decide(
         return by_rank[rank].title if rank in by_rank else f"level {rank}"
 
     def decision(action: str, state: ZoneState, reasons: Sequence[str]) -> Decision:
+        if action in ("raise", "lower"):
+            issued = now
+        elif action == "all_clear" or state.level == 0:
+            issued = None
+        else:
+            issued = prev.issued
+            expires = (prev.issued + policy.expiry) if (prev.issued and policy.expiry) else None
+            if expires is not None and state.active and now >= expires - policy.renew_before:
+                action, issued = "renew", now
+                reasons = [*reasons, f"{title(state.level)} still in force: notice renewed, the last one "
+                                     f"(issued {prev.issued:%d %b %H:%M} UTC) expires {expires:%d %b %H:%M} UTC"]
+        state = replace(state, issued=issued)
         result = Decision(
             zone=zone, at=now, previous=current, level=state.level, action=action,
             reasons=_unique(reasons), metrics=frozen_metrics, state=state,

@@ -61,7 +61,7 @@ def _state_from_row(row: ZoneStateRow | None) -> ZoneState:
     if row is None:
         return ZoneState()
     return ZoneState(level=row.level, since=row.since, pending_level=row.pending_level,
-                     pending_count=row.pending_count, active=row.active)
+                     pending_count=row.pending_count, active=row.active, issued=row.issued)
 
 
 def decide_and_notify(site: Site, cfg: Config, store: Store, at: datetime,
@@ -106,7 +106,7 @@ def decide_and_notify(site: Site, cfg: Config, store: Store, at: datetime,
                 row = ZoneStateRow(zone=zone.code, scope=scope, chain=[])
                 s.add(row)
             chain = [(a, b, datetime.fromisoformat(c)) for a, b, c in (row.chain or [])]
-            if d.changed:
+            if d.publish:
                 level = by_rank.get(d.level)
                 shown = level or by_rank[d.previous]
                 # unique per sender: one decision per zone and cycle, drills apart
@@ -147,7 +147,7 @@ def decide_and_notify(site: Site, cfg: Config, store: Store, at: datetime,
                 row.chain = [] if d.action == "all_clear" else [
                     [a, b, c.isoformat()] for a, b, c in chain] + [[cfg.notices.sender, identifier,
                                                                   at.isoformat()]]
-                if (level.sms if level else shown.sms):
+                if d.changed and (level.sms if level else shown.sms):  # renewals: notice only
                     def body_for(language: str, _d=d, _levels=levels, _zone=zone, _id=identifier,
                                  _det=det) -> str:
                         ctx_sms = sms_context(
@@ -164,7 +164,7 @@ def decide_and_notify(site: Site, cfg: Config, store: Store, at: datetime,
                 record["msg_type"] = alert.msg_type
             row.level, row.since = d.state.level, d.state.since
             row.pending_level, row.pending_count = d.state.pending_level, d.state.pending_count
-            row.active = d.state.active
+            row.active, row.issued = d.state.active, d.state.issued
             out_decisions.append(record)
     if notices:
         refresh_public_feed(cfg, at)

@@ -163,13 +163,22 @@ class PolicyConfig(_Model):
     hysteresis: float = Field(default=0.2, ge=0, lt=1)
     min_hold_hours: float = Field(default=3, ge=0)
     expiry_hours: float = Field(default=12, gt=0)
+    #: a level still in force gets a fresh notice this long before the last one expires
+    renew_before_hours: float = Field(default=1, ge=0)
     escalate_on_observed: bool = True
+
+    @model_validator(mode="after")
+    def _renew_before_expiry(self) -> "PolicyConfig":
+        if self.renew_before_hours >= self.expiry_hours:
+            raise ValueError("renew_before_hours must be shorter than expiry_hours")
+        return self
 
     def to_policy(self) -> ZonePolicy:
         return ZonePolicy(persistence=self.persistence, hysteresis=self.hysteresis,
                           min_hold=timedelta(hours=self.min_hold_hours),
                           escalate_on_observed=self.escalate_on_observed,
-                          expiry=timedelta(hours=self.expiry_hours))
+                          expiry=timedelta(hours=self.expiry_hours),
+                          renew_before=timedelta(hours=self.renew_before_hours))
 
 
 class Threshold(_Model):

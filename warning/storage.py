@@ -76,6 +76,7 @@ class ZoneStateRow(Base):
     pending_level: Mapped[int] = mapped_column(Integer, default=0)
     pending_count: Mapped[int] = mapped_column(Integer, default=0)
     active: Mapped[bool] = mapped_column(Boolean, default=False)
+    issued: Mapped[datetime | None]
     #: earlier messages of the open warning chain: [[sender, identifier, sent iso], ...]
     chain: Mapped[list[list[str]]] = mapped_column(JSON, default=list)
 

@@ -132,7 +132,7 @@ def test_persistence_one_raises_at_once_to_highest_met():
     d = decide(ZoneState(), wet(1.5, exposed_people=500), T0, LEVELS, ZonePolicy(), zone="Z1")
     assert (d.action, d.previous, d.level) == ("raise", 0, 3)
     assert d.zone == "Z1" and d.at == T0
-    assert d.state == ZoneState(level=3, since=T0, active=True)
+    assert d.state == ZoneState(level=3, since=T0, active=True, issued=T0)
     assert "forecast peak depth 1.50 m ≥ 1.00 m (Severe Flood Warning threshold)" in d.reasons
 
 
@@ -195,7 +195,7 @@ def test_hysteresis_holds_inside_the_margin():
 def test_hysteresis_lowers_below_the_margin():
     d = decide(at_warning(), wet(0.44), T0 + HOUR, LEVELS, ZonePolicy(hysteresis=0.1))
     assert (d.action, d.previous, d.level) == ("lower", 2, 1)
-    assert d.state == ZoneState(level=1, since=T0 + HOUR, active=True)
+    assert d.state == ZoneState(level=1, since=T0 + HOUR, active=True, issued=T0 + HOUR)
     assert any("0.44 m < 0.45 m" in r for r in d.reasons)
 
 
@@ -301,3 +301,30 @@ def test_translated_title_falls_back():
     assert WARNING.title_for("es-MX") == "Aviso de inundación"
     assert WARNING.title_for("fr") == "Flood Warning"
     assert isinstance(SEVERE, LevelSpec) and SEVERE.instruction_for("es").startswith("Danger")
+
+
+def test_level_in_force_is_renewed_before_its_notice_expires():
+    """Expiry 6 h, renew 1 h before: a warning held steady hour after hour gets a fresh
+    notice at +5 h (the first one expires at +6 h), then at +10 h; never in between."""
+    policy = ZonePolicy(expiry=timedelta(hours=6), renew_before=timedelta(hours=1))
+    d = decide(ZoneState(), wet(0.5), T0, LEVELS, policy)
+    assert (d.action, d.state.issued) == ("raise", T0)
+    actions = {}
+    for h in range(1, 12):
+        d = decide(d.state, wet(0.5), T0 + h * HOUR, LEVELS, policy)
+        actions[h] = d.action
+        if d.action == "renew":
+            assert d.publish and not d.changed and d.level == 2
+            assert d.state.issued == T0 + h * HOUR
+            assert any("notice renewed" in r for r in d.reasons)
+    assert [h for h, a in actions.items() if a == "renew"] == [5, 10]
+    assert all(a == "none" for h, a in actions.items() if h not in (5, 10))
+    # the all-clear closes the chain: nothing left to renew
+    clear = decide(d.state, DRY, T0 + 12 * HOUR, LEVELS, policy)
+    assert (clear.action, clear.state.issued) == ("all_clear", None)
+    assert decide(clear.state, DRY, T0 + 30 * HOUR, LEVELS, policy).action == "none"
+
+
+def test_renew_before_must_be_shorter_than_expiry():
+    with pytest.raises(ValueError, match="renew_before"):
+        ZonePolicy(expiry=timedelta(hours=1), renew_before=timedelta(hours=1))
