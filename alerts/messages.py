@@ -9,6 +9,8 @@ expected peak) until the text fits the allowed number of segments.
 
 from __future__ import annotations
 
+import functools
+
 import logging
 import math
 import re
@@ -144,34 +146,46 @@ def _base(language: str) -> str:
 
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
-"""Where the message templates live (``sms/<lang>/<action>.txt.j2``)."""
-
-# A FileSystemLoader, not a PackageLoader: the latter fails at import time when the
-# templates are missing, which would take every channel down with it.
-_environment = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
-    undefined=jinja2.StrictUndefined,
-    autoescape=False,
-    trim_blocks=True,
-    lstrip_blocks=True,
-    keep_trailing_newline=False,
-)
+"""Where the message templates live: ``sms/<lang>/<action>.txt.j2``, and optionally
+``sms/<lang>/<level>/<action>.txt.j2`` for a level's own wording."""
 
 
-def _template(action: str, language: str) -> jinja2.Template:
+@functools.lru_cache(maxsize=16)
+def _environment(extra_dirs: tuple[str, ...] = ()) -> jinja2.Environment:
+    """Templates from ``extra_dirs`` (a site's own, same layout) first, then ours.
+
+    FileSystemLoaders, not a PackageLoader: the latter fails at import time when the
+    templates are missing, which would take every channel down with it.
+    """
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader([*extra_dirs, str(TEMPLATE_DIR)]),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=False,
+    )
+
+
+def _template(action: str, language: str, level: str | None = None,
+              template_dirs: Sequence[str] = ()) -> jinja2.Template:
+    """The most specific template: language (then its base, then English), and within a
+    language the level's own before the action's."""
+    env = _environment(tuple(str(d) for d in template_dirs))
     tried = []
     for lang in dict.fromkeys((language, _base(language), DEFAULT_LANGUAGE)):
-        name = f"sms/{lang}/{action}.txt.j2"
-        tried.append(name)
-        try:
-            template = _environment.get_template(name)
-        except jinja2.TemplateNotFound:
-            continue
-        except jinja2.TemplateSyntaxError as exc:
-            raise TemplateError(f"SMS template {name} line {exc.lineno}: {exc.message}") from exc
-        if lang != language:
-            log.info("no %s SMS template for %r; using %r", action, language, lang)
-        return template
+        names = ([f"sms/{lang}/{level}/{action}.txt.j2"] if level else []) + [f"sms/{lang}/{action}.txt.j2"]
+        for name in names:
+            tried.append(name)
+            try:
+                template = env.get_template(name)
+            except jinja2.TemplateNotFound:
+                continue
+            except jinja2.TemplateSyntaxError as exc:
+                raise TemplateError(f"SMS template {name} line {exc.lineno}: {exc.message}") from exc
+            if lang != language:
+                log.info("no %s SMS template for %r; using %r", action, language, lang)
+            return template
     raise TemplateError(f"no SMS template found; looked for {', '.join(tried)}")
 
 
@@ -250,6 +264,8 @@ def render_sms(
     *,
     max_segments: int = 3,
     exercise_marker: str | None = None,
+    level: str | None = None,
+    template_dirs: Sequence[str] = (),
 ) -> str:
     """Render an SMS body that fits ``max_segments``.
 
@@ -267,6 +283,10 @@ def render_sms(
         Most segments the body may take.
     exercise_marker : str, optional
         Put first, e.g. ``"EXERCISE EXERCISE EXERCISE:"``; always kept.
+    level : str, optional
+        Level name: ``sms/<lang>/<level>/<action>.txt.j2`` is used when it exists.
+    template_dirs : sequence of str
+        A site's own template folders (same layout), searched before ours.
 
     Returns
     -------
@@ -291,7 +311,7 @@ def render_sms(
     missing = [k for k in _REQUIRED[action] if not context.get(k)]
     if missing:
         raise TemplateError(f"SMS {action} context lacks {', '.join(missing)}")
-    template = _template(action, language)
+    template = _template(action, language, level, template_dirs)
     ctx = _normalise(context, language)
     ctx["exercise_marker"] = exercise_marker
     body = ""

@@ -157,7 +157,10 @@ def decide_and_notify(site: Site, cfg: Config, store: Store, at: datetime,
                             peak_depth_m=metrics[_zone.code]["forecast_peak_depth_m"])
                         return render_sms(_d.action, language, ctx_sms,
                                           max_segments=cfg.channels.max_segments,
-                                          exercise_marker=cfg.drill.exercise_marker if drill else None)
+                                          exercise_marker=cfg.drill.exercise_marker if drill else None,
+                                          level=(level or shown).name,
+                                          template_dirs=[str(cfg.path(cfg.channels.sms_templates))]
+                                          if cfg.channels.sms_templates else ())
                     queued += queue_fanout(s, store, alert_identifier=identifier, zone=zone.code,
                                            scope=scope, bodies=body_for, held=needs_approval, at=at)
                 record["identifier"] = identifier

@@ -230,6 +230,8 @@ class ChannelsConfig(_Model):
     sms: Literal["auto", "twilio", "file"] = "auto"
     sms_log: str = "sms.jsonl"
     max_segments: int = Field(default=3, ge=1, le=10)
+    #: a folder of the site's own SMS templates (sms/<lang>/[<level>/]<action>.txt.j2), searched first
+    sms_templates: str | None = None
     #: sending rate in SMS segments per second (the unit providers meter); omit for no limit
     rate_segments_per_s: float | None = Field(default=None, gt=0)
     #: temporary failures: first retry after this many seconds, doubling, up to max_attempts

@@ -91,7 +91,7 @@ def test_every_action_has_a_template(language):
 
 
 def test_environment_is_strict_and_plain_text():
-    env = messages._environment
+    env = messages._environment()
     assert env.undefined is jinja2.StrictUndefined
     assert env.autoescape is False
 
@@ -240,3 +240,17 @@ def test_sms_context_for_an_all_clear_explains_the_old_level():
         "Flood warning for Riverside lowered to FLOOD ALERT (was Flood Warning)."
     )
     assert "Why: forecast peak depth 0.10 m < 0.50 m" in body
+
+
+def test_level_and_site_templates_override_the_action_template(tmp_path):
+    """A site folder with sms/en/severe/raise.txt.j2 words the severe raise its own way;
+    other levels and languages keep ours."""
+    own = tmp_path / "sms" / "en" / "severe"
+    own.mkdir(parents=True)
+    (own / "raise.txt.j2").write_text("SEVERE: {{ zone }} - leave now. {{ link }}")
+    body = render_sms("raise", "en", CONTEXT, level="severe", template_dirs=[str(tmp_path)])
+    assert body == f"SEVERE: {CONTEXT['zone']} - leave now. {CONTEXT['link']}"
+    assert render_sms("raise", "en", CONTEXT, level="warning", template_dirs=[str(tmp_path)]) == \
+        render_sms("raise", "en", CONTEXT)
+    assert render_sms("raise", "es", CONTEXT, level="severe", template_dirs=[str(tmp_path)]) == \
+        render_sms("raise", "es", CONTEXT)
