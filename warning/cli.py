@@ -183,11 +183,17 @@ def _print_timeline(cfg: Any, result: Any) -> None:
     n_cap = len(list(Path(o["cap"]).glob("*.xml")))
     n_sms = sum(1 for _ in open(o["sms"])) if Path(o["sms"]).exists() else 0
     console.print("[bold]Outputs[/]")
-    console.print(f"  CAP 1.2 notices   {o['cap']}/  ({n_cap} files, status Exercise)")
+    langs = ", ".join(cfg.notices.languages or [cfg.notices.language])
+    console.print(f"  CAP 1.2 notices   {o['cap']}/  ({n_cap} files, status Exercise, languages {langs}; "
+                  "each with an .html page beside it)")
+    drill_feed = Path(o["cap"]).parent / "feed-exercise.atom"
+    if drill_feed.exists():
+        console.print(f"  Atom feed         {drill_feed}  (the drill's current notices)")
     console.print(f"  SMS log           {o['sms']}  ({n_sms} messages, numbers masked)")
     console.print(f"  depth GeoTIFFs    {o['depth']}/  (forecast peak depth, one per cycle)")
     console.print(f"  peak depth map    {o['map']}")
-    console.print(f"  audit log (SQLite){o['database']}  (table 'audit': every decision and its inputs)")
+    console.print(f"  audit log (SQLite){o['database']}  (every decision and send: "
+                  "floodwarn alerts log --config config/demo.toml)")
     console.print(f"{len(result.cycles)} cycles in {result.seconds:.1f} s.")
 
 
