@@ -269,6 +269,20 @@ class DemoConfig(_Model):
     _utc_start = field_validator("start", "end")(_utc)
 
 
+class ServiceConfig(_Model):
+    #: run a cycle at least this often (minutes of the service's clock), new data or not
+    cycle_every_minutes: float = Field(default=60, gt=0)
+    #: how often (wall-clock seconds) the scheduler looks for new data
+    poll_seconds: float = Field(default=30, gt=0)
+    dispatch_every_seconds: float = Field(default=10, gt=0)
+    misfire_grace_s: int = Field(default=300, ge=1)
+    #: replay: the service's clock starts here (ISO 8601 with zone) instead of now ...
+    simulate_from: datetime | None = None
+    #: ... and runs this many times faster than real time
+    speed: float = Field(default=1.0, gt=0)
+    write_depth: bool = True
+
+
 class Config(_Model):
     site: SiteConfig
     gauges: list[GaugeConfig] = Field(default_factory=list)
@@ -282,6 +296,7 @@ class Config(_Model):
     subscribers: SubscribersConfig = SubscribersConfig()
     drill: DrillConfig = DrillConfig()
     database_url: str | None = None
+    service: ServiceConfig = ServiceConfig()
     demo: DemoConfig | None = None
     #: folder of the config file; relative paths are resolved against it
     base_dir: Path = Path(".")

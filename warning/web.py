@@ -1,0 +1,229 @@
+"""The web app of ``floodwarn serve``: public notices, the JSON API (with its OpenAPI
+document at ``/openapi.json``), ``/health``, and the Twilio webhooks.
+
+Public, without login: ``/`` (current warnings), ``/notices/<id>.xml`` and ``.html``,
+``/feed.atom``. JSON API under ``/api``: zones with their current level, levels, gauges,
+a gauge's readings with QC flags, alerts. The operator console (login, map, approval
+queue) is built on top of this app.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Query
+from fastapi.responses import FileResponse, HTMLResponse, Response
+from pydantic import BaseModel
+from sqlalchemy import select, text
+
+from .config import Config
+from .secrets import env_secret
+from .storage import AlertRow, Store, ZoneStateRow
+
+log = logging.getLogger(__name__)
+
+
+class LevelOut(BaseModel):
+    rank: int
+    name: str
+    title: str
+    colour: str
+    severity: str
+    sms: bool
+    approval: bool
+
+
+class ZoneOut(BaseModel):
+    code: str
+    name: str
+    level: int
+    level_name: str
+    since: datetime | None
+    active: bool
+
+
+class GaugeOut(BaseModel):
+    id: str
+    name: str
+    lon: float
+    lat: float
+    flood_stages_m: dict[str, float]
+
+
+class ReadingOut(BaseModel):
+    time: datetime
+    stage_m: float | None
+    flag: str
+
+
+class AlertOut(BaseModel):
+    identifier: str
+    zone: str
+    level: int
+    level_name: str
+    msg_type: str
+    status: str
+    sent: datetime
+    expires: datetime
+    headline: str
+    state: str
+    cap_url: str
+    html_url: str
+
+
+def create_app(cfg: Config, *, store: Store | None = None, service: Any = None) -> FastAPI:
+    """The app for one site. ``service`` (a :class:`warning.service.Service`) feeds /health."""
+    store = store or Store(cfg.db_url)
+    app = FastAPI(title=f"floodwarn: {cfg.site.name}", version="1",
+                  description="Flood warnings for the site's zones: levels, gauges, readings and notices "
+                              "(CAP 1.2). Public and read-only.")
+    out = cfg.output_dir
+    levels = [LevelOut(rank=r, name=lv.name, title=lv.title, colour=lv.colour, severity=lv.severity, sms=lv.sms,
+                       approval=lv.approval) for r, lv in enumerate(cfg.levels, start=1)]
+    by_rank = {lv.rank: lv for lv in levels}
+    try:  # public zone names from the zones GeoJSON (the config holds codes and thresholds)
+        names = {f["properties"]["code"]: f["properties"].get("name", f["properties"]["code"])
+                 for f in json.loads(cfg.path(cfg.site.zones).read_text())["features"]}
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("zone names unavailable (%s); showing codes", exc)
+        names = {}
+
+    def public_file(path: Path, media_type: str) -> FileResponse:
+        if not path.is_file():
+            raise HTTPException(404, f"{path.name} is not published (yet)")
+        return FileResponse(path, media_type=media_type)
+
+    # ------------------------------------------------------------------ public pages
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def index() -> Response:
+        page = out / "index.html"
+        if page.is_file():
+            return FileResponse(page, media_type="text/html")
+        return HTMLResponse(f"<!doctype html><html lang='en'><title>{cfg.notices.sender_name}</title>"
+                            "<h1>No flood warnings are in force.</h1></html>")
+
+    @app.get("/feed.atom", include_in_schema=False)
+    def feed() -> FileResponse:
+        return public_file(out / "feed.atom", "application/atom+xml")
+
+    @app.get("/notices/{name}", include_in_schema=False)
+    def notice(name: str) -> FileResponse:
+        stem, _, ext = name.rpartition(".")
+        if ext not in ("xml", "html") or not stem or "/" in stem or stem.startswith("."):
+            raise HTTPException(404, "notices are served as <identifier>.xml (CAP) or <identifier>.html")
+        media = "application/cap+xml" if ext == "xml" else "text/html"
+        return public_file(out / "cap" / f"{stem}.{ext}", media)
+
+    # ------------------------------------------------------------------ JSON API
+    @app.get("/api/levels", response_model=list[LevelOut], tags=["api"])
+    def api_levels() -> list[LevelOut]:
+        """The warning levels, lowest first."""
+        return levels
+
+    @app.get("/api/zones", response_model=list[ZoneOut], tags=["api"])
+    def api_zones(scope: str = Query("live", description="live, or drill:<name>")) -> list[ZoneOut]:
+        """Every zone with its current level."""
+        with store.session() as s:
+            rows = {r.zone: r for r in s.scalars(select(ZoneStateRow).where(ZoneStateRow.scope == scope))}
+        zones = []
+        for z in cfg.zones:
+            r = rows.get(z.code)
+            lvl = r.level if r else 0
+            zones.append(ZoneOut(code=z.code, name=names.get(z.code, z.code), level=lvl,
+                                 level_name=by_rank[lvl].name if lvl in by_rank else "none",
+                                 since=r.since if r else None, active=bool(r and r.active)))
+        return zones
+
+    @app.get("/api/gauges", response_model=list[GaugeOut], tags=["api"])
+    def api_gauges() -> list[GaugeOut]:
+        """Gauges with their location (WGS 84) and flood stages (m above gauge zero)."""
+        return [GaugeOut(id=g.id, name=g.name, lon=g.lon, lat=g.lat,
+                         flood_stages_m=g.flood_stages.model_dump(exclude_none=True))
+                for g in cfg.gauges]
+
+    @app.get("/api/gauges/{gauge_id}/readings", response_model=list[ReadingOut], tags=["api"])
+    def api_readings(gauge_id: str, since: datetime | None = None, until: datetime | None = None,
+                     limit: int = Query(2000, ge=1, le=100_000)) -> list[ReadingOut]:
+        """A gauge's stage readings (m) with their QC flag ("ok" or why it was set aside)."""
+        if gauge_id not in {g.id for g in cfg.gauges}:
+            raise HTTPException(404, f"no gauge {gauge_id!r}; gauges: {', '.join(g.id for g in cfg.gauges)}")
+        from .pipeline import Inputs
+
+        ds = Inputs(cfg).read_gauges()
+        if ds is None or gauge_id not in ds["station"].values:
+            return []
+        from .ingest.gauge_csv import QC_NAMES
+
+        st = ds.sel(station=gauge_id)
+        rows = []
+        for t, v, f in zip(st["time"].values, st["stage"].values, st["qc"].values, strict=True):
+            when = datetime.fromisoformat(str(np.datetime_as_string(t, unit="s")) + "+00:00")
+            if (since and when < since) or (until and when > until):
+                continue
+            bits = [name for mask, name in QC_NAMES.items() if int(f) & int(mask)]
+            rows.append(ReadingOut(time=when, stage_m=None if v != v else float(v),
+                                   flag=",".join(bits) if bits else "ok"))
+        return rows[-limit:]
+
+    @app.get("/api/alerts", response_model=list[AlertOut], tags=["api"])
+    def api_alerts(zone: str | None = None, scope: str = "live",
+                   limit: int = Query(100, ge=1, le=10_000)) -> list[AlertOut]:
+        """Notices issued (newest first), with links to their CAP file and page."""
+        from alerts.notices import notice_html_url, notice_url
+
+        q = select(AlertRow).where(AlertRow.scope == scope).order_by(AlertRow.id.desc()).limit(limit)
+        if zone:
+            q = q.where(AlertRow.zone == zone)
+        with store.session() as s:
+            rows = s.scalars(q).all()
+        base = cfg.notices.web_base
+        return [AlertOut(identifier=r.identifier, zone=r.zone, level=r.level, level_name=r.level_name,
+                         msg_type=r.msg_type, status=r.status, sent=r.sent, expires=r.expires,
+                         headline=r.headline, state=r.state, cap_url=notice_url(base, r.identifier),
+                         html_url=notice_html_url(base, r.identifier)) for r in rows]
+
+    # ------------------------------------------------------------------ health
+    @app.get("/health", tags=["operations"])
+    def health() -> dict[str, Any]:
+        """Scheduler, feeds and database. ``ok`` is false when any of them is not."""
+        db_ok, db_detail = True, "ok"
+        try:
+            with store.engine.connect() as c:
+                c.execute(text("SELECT 1"))
+        except Exception as exc:  # report, never crash the health check
+            db_ok, db_detail = False, f"{type(exc).__name__}: {exc}"
+        sched: dict[str, Any] = {"running": False}
+        if service is not None:
+            st = service.state
+            last = st.cycles[-1] if st.cycles else None
+            sched = {"running": st.running, "clock": service.clock().isoformat(timespec="seconds"),
+                     "last_cycle_at": st.last_cycle_at.isoformat() if st.last_cycle_at else None,
+                     "last_forecast": Path(st.last_forecast).name if st.last_forecast else None,
+                     "last_error": st.last_error, "refused_overlaps": st.refused_overlaps,
+                     "last_cycle": None if last is None else {"at": last.at.isoformat(), "ok": last.ok,
+                                                              "seconds": round(last.seconds, 2),
+                                                              "detail": last.detail}}
+        ok = db_ok and (service is None or sched["running"])
+        return {"ok": ok, "database": db_detail, "scheduler": sched}
+
+    # ------------------------------------------------------------------ Twilio webhooks
+    token = env_secret("TWILIO_AUTH_TOKEN")
+    if token:
+        from .subscribers import PhoneVault
+        from .webhooks import make_router
+
+        base = os.environ.get("FLOODWARN_PUBLIC_URL") or cfg.notices.web_base
+        app.include_router(make_router(store, auth_token=token, public_base_url=base, vault=PhoneVault.from_env(),
+                                       region=cfg.subscribers.default_region,
+                                       zones={z.code: names.get(z.code, z.code) for z in cfg.zones},
+                                       sender_name=cfg.notices.sender_name))
+    else:
+        log.info("TWILIO_AUTH_TOKEN not set: the Twilio webhooks are not mounted")
+    return app
+
