@@ -11,10 +11,14 @@ from typing import Any, Callable
 
 from .forecast_netcdf import NetcdfForecastSource
 from .gauge_csv import GaugeCsvSource
+from .grid_sources import GeotiffSequenceSource, Grib2Source, KnmiRadarSource
 
 _REGISTRY: dict[str, Callable[..., Any]] = {
     "netcdf": NetcdfForecastSource,
     "gauge_csv": GaugeCsvSource,
+    "odim_h5": KnmiRadarSource,
+    "geotiff": GeotiffSequenceSource,
+    "grib": Grib2Source,
 }
 
 

@@ -136,6 +136,12 @@ class Fetcher:
             return self._fetch_http(self.location, params)
         return self._fetch_file(self.location)
 
+    def _remember(self, key: str, validators: tuple[Any, ...], content: bytes) -> None:
+        self._seen.pop(key, None)
+        self._seen[key] = (validators, content)
+        while len(self._seen) > 64:  # bounded: URLs with a moving ``since`` never repeat
+            self._seen.pop(next(iter(self._seen)))
+
     # ------------------------------------------------------------------ files
     def _fetch_file(self, where: Path) -> Fetched:
         path = where
@@ -154,7 +160,7 @@ class Fetcher:
         key = str(path)
         stamp = (st.st_mtime_ns, st.st_size)
         prev = self._seen.get(key)
-        self._seen = {key: (stamp, content)}
+        self._remember(key, stamp, content)
         return Fetched(content, key, not_modified=prev is not None and prev[0] == stamp)
 
     # ------------------------------------------------------------------- http
@@ -218,5 +224,5 @@ class Fetcher:
             raise IngestError(f"{key}: empty body (HTTP 200 with no content)")
         etag, modified = resp.headers.get("ETag"), resp.headers.get("Last-Modified")
         if etag or modified:
-            self._seen[key] = ((etag, modified), content)
+            self._remember(key, (etag, modified), content)
         return Fetched(content, key, etag=etag, last_modified=modified)

@@ -347,8 +347,8 @@ class KnmiRadarSource(_FrameSequenceSource):
                     if params.get(k) is not None:
                         params[k] = repr(float(params[k]) * 1000.0)
             params["units"] = "m"
-            if not ({"datum", "towgs84", "ellps"} & set(params)) or "towgs84" not in params:
-                params.setdefault("towgs84", "0,0,0,0,0,0,0")
+            if not {"datum", "towgs84", "nadgrids"} & set(params):  # KNMI gives none: WGS 84
+                params["towgs84"] = "0,0,0,0,0,0,0"
             text = " ".join(f"+{k}" if v is None else f"+{k}={v}" for k, v in params.items())
             crs = CRS.from_proj4(text)
         except (CRSError, ValueError, TypeError) as exc:

@@ -1,0 +1,159 @@
+"""floodwarn serve: the scheduler's jobs (due logic, no overlapping cycles, coalesced
+misfires, restart) and the web app (public notices, JSON API and its OpenAPI document,
+/health, Twilio webhooks refusing forged signatures)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from fastapi.testclient import TestClient
+
+from warning import service as service_mod
+from warning.service import Service, SimulatedClock
+from warning.web import create_app
+
+AT = datetime(2025, 11, 14, 12, 0, tzinfo=UTC)
+
+
+class Clock:
+    def __init__(self, t: datetime):
+        self.t = t
+
+    def __call__(self) -> datetime:
+        return self.t
+
+
+@pytest.fixture
+def svc(demo_cfg, monkeypatch):
+    monkeypatch.setenv("FLOODWARN_SECRET_KEY", "service-test-secret")
+    clock = Clock(AT)
+    s = Service(demo_cfg, clock=clock)
+    s.site.prepare()
+    yield s, clock
+    s.shutdown()
+
+
+def test_cycle_runs_on_new_data_or_after_the_maximum_gap(svc):
+    s, clock = svc
+    first = s.cycle()
+    assert first is not None and first.ok and "new forecast" in first.detail
+    assert s.cycle() is None  # same forecast, no gap: nothing to do
+    clock.t = AT + timedelta(hours=1)  # the demo issues forecasts every 3 h
+    assert s.due(clock.t) == (False, "nothing new")
+    clock.t = AT + timedelta(hours=3)
+    go, why = s.due(clock.t)
+    assert go and why.startswith("new forecast")
+    assert s.cycle().forecast_file == "rain_20251114T1500Z.nc"
+    # a gap longer than cycle_every_minutes forces a cycle even without new data
+    s.state.last_forecast = str(s.inputs.forecast.latest_before(clock.t + timedelta(hours=2, minutes=59)).path)
+    clock.t = AT + timedelta(hours=3) + timedelta(minutes=s.cfg.service.cycle_every_minutes)
+    assert s.due(clock.t)[0]
+
+
+def test_cycles_never_overlap(svc, monkeypatch):
+    s, _clock = svc
+    started = threading.Event()
+    release = threading.Event()
+    real = service_mod.run_cycle
+
+    def slow(*a, **k):
+        started.set()
+        release.wait(10)
+        return real(*a, **k)
+
+    monkeypatch.setattr(service_mod, "run_cycle", slow)
+    first = threading.Thread(target=s.cycle)
+    first.start()
+    assert started.wait(10)
+    assert s.cycle(force=True) is None  # refused while the first is running
+    release.set()
+    first.join()
+    assert s.state.refused_overlaps == 1 and len(s.state.cycles) == 1
+
+
+def test_scheduler_coalesces_missed_runs_and_restarts_from_the_database(svc, monkeypatch):
+    """A job that missed many runs (the service was down) runs once, not once per missed
+    run; jobs are in the database, so a restart finds them."""
+    s, _clock = svc
+    calls = []
+    monkeypatch.setattr(Service, "cycle", lambda self, force=False: calls.append(time.monotonic()))
+    monkeypatch.setattr(Service, "dispatch", lambda self: None)
+    monkeypatch.setattr(Service, "housekeeping", lambda self: None)
+    sched = s.start()
+    job = sched.get_job("cycle")
+    assert (job.coalesce, job.max_instances) == (True, 1)
+    sched.pause()
+    # pretend the scheduler was down for 20 periods
+    sched.modify_job("cycle", next_run_time=datetime.now(UTC) - 20 * job.trigger.interval)
+    calls.clear()
+    sched.resume()
+    time.sleep(1.5)
+    assert len(calls) == 1
+    s.shutdown()
+    with s.store.engine.connect() as c:
+        ids = {r[0] for r in c.exec_driver_sql("SELECT id FROM scheduler_jobs")}
+    assert ids == {"cycle", "dispatch", "housekeeping"}
+    again = Service(s.cfg, clock=s.clock, store=s.store)
+    sched2 = again.start()
+    assert {j.id for j in sched2.get_jobs()} == ids
+    again.shutdown()
+
+
+def test_simulated_clock_runs_faster_than_real_time():
+    wall = [100.0]
+    clock = SimulatedClock(AT, speed=360, wall=lambda: wall[0])
+    wall[0] += 10.0
+    assert clock() == AT + timedelta(hours=1)
+
+
+def test_web_app_serves_notices_api_openapi_and_health(svc, monkeypatch):
+    s, clock = svc
+    # a cycle where the town is at a warning level (the demo's storm)
+    clock.t = datetime(2025, 11, 14, 15, 0, tzinfo=UTC)
+    assert s.cycle(force=True).ok
+    monkeypatch.delenv("TWILIO_AUTH_TOKEN", raising=False)
+    with TestClient(create_app(s.cfg, store=s.store, service=s)) as client:
+        zones = {z["code"]: z for z in client.get("/api/zones").json()}
+        assert zones["MB-TOWN"]["level_name"] in ("advisory", "warning", "severe")
+        assert zones["HILLTOP"]["level"] == 0 and zones["MB-TOWN"]["name"]
+        levels = client.get("/api/levels").json()
+        assert [lv["name"] for lv in levels] == [lv.name for lv in s.cfg.levels]
+        alerts = client.get("/api/alerts", params={"zone": "MB-TOWN"}).json()
+        assert alerts and alerts[0]["cap_url"].endswith(".xml")
+        cap = client.get(f"/notices/{alerts[0]['identifier']}.xml")
+        assert cap.status_code == 200 and cap.headers["content-type"].startswith("application/cap+xml")
+        from alerts.cap import parse_cap
+
+        assert parse_cap(cap.content).identifier == alerts[0]["identifier"]  # validated on parse
+        assert client.get(f"/notices/{alerts[0]['identifier']}.html").status_code == 200
+        assert client.get("/notices/..%2Fconfig.xml").status_code == 404
+        feed = client.get("/feed.atom")
+        assert feed.status_code == 200 and b"<feed" in feed.content
+        readings = client.get(f"/api/gauges/{s.cfg.gauges[0].id}/readings",
+                              params={"until": clock.t.isoformat()}).json()
+        assert readings and all(r["flag"] for r in readings)
+        assert client.get("/api/gauges/NOPE/readings").status_code == 404
+        spec = client.get("/openapi.json").json()
+        assert {"/api/zones", "/api/levels", "/api/gauges", "/api/gauges/{gauge_id}/readings",
+                "/api/alerts", "/health"} <= set(spec["paths"])
+        health = client.get("/health").json()
+        assert health["database"] == "ok" and health["scheduler"]["last_cycle"]["ok"] is True
+
+
+def test_forged_twilio_signature_is_refused_by_the_app(svc, monkeypatch):
+    from twilio.request_validator import RequestValidator
+
+    from warning.webhooks import INBOUND_PATH
+
+    s, _clock = svc
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", "the-real-token")
+    form = {"From": "+447700900123", "To": "+15005550006", "Body": "STOP", "MessageSid": "SM" + "b" * 32}
+    url = s.cfg.notices.web_base.rstrip("/") + INBOUND_PATH
+    with TestClient(create_app(s.cfg, store=s.store)) as client:
+        forged = RequestValidator("a-guessed-token").compute_signature(url, form)
+        assert client.post(INBOUND_PATH, data=form, headers={"X-Twilio-Signature": forged}).status_code == 403
+        good = RequestValidator("the-real-token").compute_signature(url, form)
+        assert client.post(INBOUND_PATH, data=form, headers={"X-Twilio-Signature": good}).status_code == 200
