@@ -77,14 +77,29 @@ class Inputs:
                                   stale_after_minutes=gs.stale_after_minutes)
                        if gs is not None else None)
         self.valid_ranges = {g.id: g.valid_range_m for g in cfg.gauges}
-        self._cache: dict[tuple[str, float], Any] = {}
+        self._cache: dict[tuple[str, float, bool], Any] = {}
 
-    def load_forecast(self, issue: ForecastIssue, site: Site):
-        key = (str(issue.path), issue.path.stat().st_mtime)
+    #: reprojected issues kept: all members of the newest few, the control member of more
+    #: (the best-estimate past rain reads only that); bounds a long-running service's memory
+    KEEP_FULL, KEEP_CONTROL = 2, 16
+
+    def load_forecast(self, issue: ForecastIssue, site: Site, control_only: bool = False):
+        """The issue on the site grid (member, time, y, x) mm/h; ``control_only``: member 0."""
+        key = (str(issue.path), issue.path.stat().st_mtime, control_only)
         if key not in self._cache:
-            if len(self._cache) > 32:
-                self._cache.pop(next(iter(self._cache)))
-            self._cache[key] = self.forecast.load(issue, site)
+            full = self._cache.get((key[0], key[1], False))
+            if control_only and full is not None:
+                da = full.isel(member=[0]).copy()
+            else:
+                da = self.forecast.load(issue, site)
+                if control_only:
+                    da = da.isel(member=[0]).copy()
+            same = [k for k in self._cache if k[2] == control_only]
+            if len(same) >= (self.KEEP_CONTROL if control_only else self.KEEP_FULL):
+                self._cache.pop(same[0])
+            self._cache[key] = da
+        else:  # most recently used last
+            self._cache[key] = self._cache.pop(key)
         return self._cache[key]
 
     def read_gauges(self):
@@ -141,7 +156,7 @@ def assemble_rain(inputs: Inputs, site: Site, cfg: Config, at: datetime
             if np.datetime64(issue.issued.replace(tzinfo=None), "ns") > t:
                 continue
             try:
-                past = inputs.load_forecast(issue, site)
+                past = inputs.load_forecast(issue, site, control_only=True)
             except IngestError:
                 continue  # already reported when it was the current issue, or skipped
             j = np.searchsorted(past["time"].values, t)

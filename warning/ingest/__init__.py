@@ -11,11 +11,15 @@ from typing import Any, Callable
 
 from .forecast_netcdf import NetcdfForecastSource
 from .gauge_csv import GaugeCsvSource
+from .gauge_feeds import EaFloodMonitoringSource, SensorThingsSource, UsgsIvSource
 from .grid_sources import GeotiffSequenceSource, Grib2Source, KnmiRadarSource
 
 _REGISTRY: dict[str, Callable[..., Any]] = {
     "netcdf": NetcdfForecastSource,
     "gauge_csv": GaugeCsvSource,
+    "usgs_iv": UsgsIvSource,
+    "ea_flood_monitoring": EaFloodMonitoringSource,
+    "sensorthings": SensorThingsSource,
     "odim_h5": KnmiRadarSource,
     "geotiff": GeotiffSequenceSource,
     "grib": Grib2Source,

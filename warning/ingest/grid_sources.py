@@ -81,10 +81,10 @@ def _src_cell_size(src_transform: Affine, src_crs: CRS, shape: tuple[int, ...], 
     xc = float(np.mean(grid.x_coords))
     yc = float(np.mean(grid.y_coords))
     sx, sy = warp_transform(grid.crs, src_crs, [xc], [yc])
-    col, row = ~src_transform * (sx[0], sy[0])
+    col, row = ~src_transform @ (sx[0], sy[0])
     col = float(np.clip(np.floor(col), 0, shape[1] - 1))
     row = float(np.clip(np.floor(row), 0, shape[0] - 1))
-    px, py = zip(*(src_transform * (col + dc, row + dr) for dc, dr in ((0, 0), (1, 0), (0, 1))))
+    px, py = zip(*(src_transform @ (col + dc, row + dr) for dc, dr in ((0, 0), (1, 0), (0, 1))))
     gx, gy = warp_transform(src_crs, grid.crs, list(px), list(py))
     ax, ay = gx[1] - gx[0], gy[1] - gy[0]
     bx, by = gx[2] - gx[0], gy[2] - gy[0]
@@ -365,7 +365,7 @@ class KnmiRadarSource(_FrameSequenceSource):
             return
         lon, lat = corners[0::2], corners[1::2]
         x, y = warp_transform(CRS.from_epsg(4326), crs, list(lon), list(lat))
-        col, row = ~transform * (np.asarray(x), np.asarray(y))
+        col, row = ~transform @ (np.asarray(x), np.asarray(y))
         want_col = np.array([0, 0, ncol, ncol])
         want_row = np.array([nrow, 0, 0, nrow])
         err = float(np.max(np.hypot(np.asarray(col) - want_col, np.asarray(row) - want_row)))
@@ -401,7 +401,7 @@ class GeotiffSequenceSource(_FrameSequenceSource):
             raise ValueError("units 'mm' (depth per interval) need interval_minutes")
         if time_label not in ("start", "end"):
             raise ValueError(f"time_label must be 'start' or 'end', got {time_label!r}")
-        pattern = re.sub(r"%[A-Za-z]", "*", name_format)
+        pattern = re.sub(r"(?:%[A-Za-z])+", "*", name_format)
         super().__init__(path, pattern, max_missing)
         self.name_format = name_format
         self.units = units
