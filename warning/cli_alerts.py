@@ -19,8 +19,27 @@ from .cli import ConfigOpt, _friendly, _parse_time, _setup_logging, app, console
 subscribers_app = typer.Typer(help="Residents subscribed by SMS: add, import, export, delete, list.",
                               no_args_is_help=True)
 alerts_app = typer.Typer(help="The approval queue and the audit log of alerts.", no_args_is_help=True)
+operators_app = typer.Typer(help="Who may sign in to the web console.", no_args_is_help=True)
 app.add_typer(subscribers_app, name="subscribers")
 app.add_typer(alerts_app, name="alerts")
+app.add_typer(operators_app, name="operators")
+
+
+@operators_app.command("add")
+@_friendly
+def operators_add(config: ConfigOpt, name: Annotated[str, typer.Argument(help="sign-in name")],
+                  role: Annotated[str, typer.Option(help="manager or operator")] = "manager") -> None:
+    """Add an operator (or set a new password): asks for the password, stores its scrypt hash.
+    The password can also come from FLOODWARN_OPERATOR_PASSWORD (scripts)."""
+    import os
+
+    from .console import add_operator
+
+    password = os.environ.get("FLOODWARN_OPERATOR_PASSWORD") or typer.prompt(
+        "password (at least 10 characters)", hide_input=True, confirmation_prompt=True)
+    _cfg, store = _open(config)
+    add_operator(store, name, password, role)
+    console.print(f"operator {name} ({role}) can sign in at /console")
 
 
 def _open(config: Path):

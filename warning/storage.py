@@ -176,6 +176,15 @@ class ReportRow(Base):
     text: Mapped[str] = mapped_column(Text)
 
 
+class Operator(Base):
+    """Someone who may log in to the console (emergency managers, operators)."""
+
+    __tablename__ = "operators"
+    name: Mapped[str] = mapped_column(String(120), primary_key=True)
+    password_hash: Mapped[str] = mapped_column(Text)
+    role: Mapped[str] = mapped_column(String(20), default="manager")
+
+
 class AuditRow(Base):
     __tablename__ = "audit"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

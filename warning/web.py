@@ -212,6 +212,22 @@ def create_app(cfg: Config, *, store: Store | None = None, service: Any = None) 
         ok = db_ok and (service is None or sched["running"])
         return {"ok": ok, "database": db_detail, "scheduler": sched}
 
+    # ------------------------------------------------------------------ console
+    from .console import make_console
+
+    loaded: dict[str, Any] = {}
+
+    def site() -> Any:
+        if service is not None:
+            return service.site
+        if "site" not in loaded:
+            from .site import Site
+
+            loaded["site"] = Site.load(cfg)
+        return loaded["site"]
+
+    app.include_router(make_console(cfg, store, site=site, service=service))
+
     # ------------------------------------------------------------------ Twilio webhooks
     token = env_secret("TWILIO_AUTH_TOKEN")
     if token:

@@ -1,0 +1,326 @@
+"""The operators' console: log in, see the site (zones by level on a map over the
+hillshade with the latest forecast depth, gauges), the alert log with each decision's
+reasons, the approval queue (approve, edit, reject), residents' reports and feed health.
+
+Server-rendered pages (Jinja2, no JavaScript). Operators are in the ``operators`` table
+with scrypt password hashes (``floodwarn operators add``); a login sets a signed,
+HTTP-only, Secure, SameSite=Strict session cookie; every form carries a CSRF token bound
+to the session.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import io
+import os
+import secrets
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import jinja2
+from fastapi import APIRouter, Form, HTTPException, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy import select
+
+from .config import Config
+from .errors import FloodwarnError
+from .storage import AuditRow, Operator, ReportRow, Store, ZoneStateRow
+
+COOKIE = "floodwarn_session"
+SESSION_S = 12 * 3600
+_env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates" / "console"),
+                          autoescape=True)
+
+
+# --------------------------------------------------------------------------- passwords
+def hash_password(password: str) -> str:
+    """scrypt (n=2**14, r=8, p=1) with a random salt: ``scrypt$<salt>$<hash>``."""
+    if len(password) < 10:
+        raise FloodwarnError("a password needs at least 10 characters")
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=2**14, r=8, p=1, dklen=32)
+    return "scrypt$" + base64.b64encode(salt).decode() + "$" + base64.b64encode(digest).decode()
+
+
+def check_password(password: str, stored: str) -> bool:
+    try:
+        kind, salt, digest = stored.split("$")
+    except ValueError:
+        return False
+    if kind != "scrypt":
+        return False
+    got = hashlib.scrypt(password.encode(), salt=base64.b64decode(salt), n=2**14, r=8, p=1, dklen=32)
+    return hmac.compare_digest(got, base64.b64decode(digest))
+
+
+def add_operator(store: Store, name: str, password: str, role: str = "manager") -> None:
+    with store.session.begin() as s:
+        row = s.get(Operator, name)
+        if row is None:
+            s.add(Operator(name=name, password_hash=hash_password(password), role=role))
+        else:
+            row.password_hash, row.role = hash_password(password), role
+        store.audit(s, "operator_set", {"operator": name, "role": role})
+
+
+# --------------------------------------------------------------------------- sessions
+class Sessions:
+    def __init__(self, key: bytes):
+        self.key = key
+
+    def _sign(self, text: str) -> str:
+        return hmac.new(self.key, text.encode(), hashlib.sha256).hexdigest()
+
+    def issue(self, name: str, now: float | None = None) -> str:
+        body = f"{name}|{int((now or time.time()) + SESSION_S)}|{secrets.token_hex(8)}"
+        return base64.urlsafe_b64encode(f"{body}|{self._sign(body)}".encode()).decode()
+
+    def read(self, token: str | None) -> str | None:
+        """The operator's name, or None for a missing, forged or expired cookie."""
+        if not token:
+            return None
+        try:
+            name, expiry, nonce, sig = base64.urlsafe_b64decode(token.encode()).decode().split("|")
+        except (ValueError, UnicodeDecodeError):
+            return None
+        if not hmac.compare_digest(sig, self._sign(f"{name}|{expiry}|{nonce}")) or int(expiry) < time.time():
+            return None
+        return name
+
+    def csrf(self, token: str) -> str:
+        return self._sign("csrf|" + token)
+
+
+def _session_key() -> bytes:
+    secret = os.environ.get("FLOODWARN_SECRET_KEY") or ""
+    if not secret:  # sessions then last as long as the process
+        return secrets.token_bytes(32)
+    return hashlib.sha256(("floodwarn-session:" + secret).encode()).digest()
+
+
+# --------------------------------------------------------------------------- router
+def make_console(cfg: Config, store: Store, *, site: Callable[[], Any] | None = None,
+                 service: Any = None) -> APIRouter:
+    """The console's routes under ``/console``. ``site()`` gives the loaded Site (for the map)."""
+    from .alerting import publisher
+    from .outbox import decide_approval, pending_approvals
+
+    sessions = Sessions(_session_key())
+    r = APIRouter(prefix="/console", include_in_schema=False)
+    by_rank = {rank: lv for rank, lv in enumerate(cfg.levels, start=1)}
+
+    def who(request: Request) -> str | None:
+        return sessions.read(request.cookies.get(COOKIE))
+
+    def page(request: Request, name: str, **ctx: Any) -> HTMLResponse:
+        token = request.cookies.get(COOKIE, "")
+        html = _env.get_template(name).render(site=cfg.site.name, user=who(request), csrf=sessions.csrf(token),
+                                              **ctx)
+        return HTMLResponse(html, headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY"})
+
+    def require(request: Request) -> str:
+        user = who(request)
+        if user is None:
+            raise HTTPException(303, headers={"Location": "/console/login"})
+        return user
+
+    def check_csrf(request: Request, token: str) -> None:
+        expected = sessions.csrf(request.cookies.get(COOKIE, ""))
+        if not hmac.compare_digest(expected, token or ""):
+            raise HTTPException(403, "the form's CSRF token does not match your session; reload the page")
+
+    @r.get("/login")
+    def login_form(request: Request) -> HTMLResponse:
+        return page(request, "login.html", error=None)
+
+    @r.post("/login")
+    def login(request: Request, name: str = Form(...), password: str = Form(...)) -> Response:
+        with store.session() as s:
+            op = s.get(Operator, name)
+        if op is None or not check_password(password, op.password_hash):
+            with store.session.begin() as s:
+                store.audit(s, "login_failed", {"operator": name})
+            return page(request, "login.html", error="Wrong name or password.")
+        resp = RedirectResponse("/console", status_code=303)
+        resp.set_cookie(COOKIE, sessions.issue(name), max_age=SESSION_S, httponly=True, secure=True,
+                        samesite="strict", path="/console")
+        with store.session.begin() as s:
+            store.audit(s, "login", {"operator": name})
+        return resp
+
+    @r.post("/logout")
+    def logout(request: Request, csrf: str = Form("")) -> Response:
+        check_csrf(request, csrf)
+        resp = RedirectResponse("/console/login", status_code=303)
+        resp.delete_cookie(COOKIE, path="/console")
+        return resp
+
+    @r.get("")
+    def dashboard(request: Request) -> HTMLResponse:
+        require(request)
+        with store.session() as s:
+            states = {z.zone: z for z in s.scalars(select(ZoneStateRow).where(ZoneStateRow.scope == "live"))}
+        zones = []
+        names = _zone_names(cfg)
+        for z in cfg.zones:
+            st = states.get(z.code)
+            lv = by_rank.get(st.level) if st else None
+            zones.append({"code": z.code, "name": names.get(z.code, z.code), "level": lv.title if lv else "No warning",
+                          "level_name": lv.name if lv else "none", "colour": lv.colour if lv else "#dddddd",
+                          "since": st.since if st and lv else None})
+        health = _feed_health(cfg, service)
+        return page(request, "dashboard.html", zones=zones, health=health,
+                    gauges=[g.id for g in cfg.gauges], pending=len(pending_approvals(store)))
+
+    @r.get("/map.png")
+    def map_png(request: Request) -> Response:
+        require(request)
+        if site is None:
+            raise HTTPException(404, "no site loaded")
+        return Response(_map_png(cfg, store, site(), by_rank), media_type="image/png",
+                        headers={"Cache-Control": "no-store"})
+
+    @r.get("/approvals")
+    def approvals(request: Request) -> HTMLResponse:
+        require(request)
+        return page(request, "approvals.html", items=pending_approvals(store), message=None)
+
+    @r.post("/approvals/{approval_id}")
+    def decide(request: Request, approval_id: int, action: str = Form(...), csrf: str = Form(""),
+               text: str = Form(""), note: str = Form("")) -> Response:
+        user = require(request)
+        check_csrf(request, csrf)
+        if action not in ("approve", "reject"):
+            raise HTTPException(400, "action must be approve or reject")
+        try:
+            decide_approval(store, approval_id, approve=action == "approve", by=user, text=text.strip() or None,
+                            note=note.strip() or None, publish=publisher(cfg))
+        except FloodwarnError as exc:
+            return page(request, "approvals.html", items=pending_approvals(store), message=str(exc))
+        return RedirectResponse("/console/log", status_code=303)
+
+    @r.get("/log")
+    def log_page(request: Request, zone: str = "") -> HTMLResponse:
+        require(request)
+        q = select(AuditRow).order_by(AuditRow.id.desc()).limit(300)
+        if zone:
+            q = q.where(AuditRow.zone == zone)
+        with store.session() as s:
+            rows = s.scalars(q).all()
+        entries = [{"time": a.time, "zone": a.zone or "", "event": a.event, "text": _describe(a)} for a in rows]
+        return page(request, "log.html", entries=entries, zone=zone)
+
+    @r.get("/reports")
+    def reports(request: Request) -> HTMLResponse:
+        require(request)
+        with store.session() as s:
+            rows = s.scalars(select(ReportRow).order_by(ReportRow.id.desc()).limit(300)).all()
+        return page(request, "reports.html", reports=rows)
+
+    @r.get("/gauges/{gauge_id}.png")
+    def hydrograph(request: Request, gauge_id: str) -> Response:
+        require(request)
+        g = next((g for g in cfg.gauges if g.id == gauge_id), None)
+        if g is None:
+            raise HTTPException(404, f"no gauge {gauge_id}")
+        return Response(_hydrograph_png(cfg, g, service), media_type="image/png")
+
+    return r
+
+
+def _zone_names(cfg: Config) -> dict[str, str]:
+    import json
+
+    try:
+        return {f["properties"]["code"]: f["properties"].get("name", f["properties"]["code"])
+                for f in json.loads(cfg.path(cfg.site.zones).read_text())["features"]}
+    except (OSError, ValueError, KeyError):
+        return {}
+
+
+def _describe(a: AuditRow) -> str:
+    d = a.detail or {}
+    if a.event == "decision":
+        return f"{d.get('action')} -> {d.get('level_name')}: " + "; ".join(d.get("reasons", [])[:3])
+    return ", ".join(f"{k}={v}" for k, v in d.items() if v not in (None, "", []))[:300]
+
+
+def _feed_health(cfg: Config, service: Any) -> list[dict[str, str]]:
+    out = []
+    fc = cfg.path(cfg.sources.forecast.path)
+    files = sorted(fc.glob(cfg.sources.forecast.pattern)) if fc.is_dir() else []
+    newest = max(files, key=lambda p: p.stat().st_mtime) if files else None
+    out.append({"source": f"forecast ({cfg.sources.forecast.kind})", "latest": newest.name if newest else "none",
+                "state": "ok" if newest else "no data"})
+    if cfg.sources.gauges is not None:
+        gp = cfg.path(cfg.sources.gauges.path)
+        out.append({"source": f"gauges ({cfg.sources.gauges.kind})", "latest":
+                    datetime.fromtimestamp(gp.stat().st_mtime, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+                    if gp.exists() else "missing", "state": "ok" if gp.exists() else "no data"})
+    if service is not None:
+        st = service.state
+        out.append({"source": "forecast cycle", "latest": f"{st.last_cycle_at:%Y-%m-%d %H:%M}Z"
+                    if st.last_cycle_at else "none yet", "state": st.last_error or "ok"})
+    return out
+
+
+def _map_png(cfg: Config, store: Store, site: Any, by_rank: dict) -> bytes:
+    import numpy as np
+    import rasterio
+
+    from .maps import peak_depth_map
+
+    depth_dir = cfg.output_dir / "depth"
+    files = sorted(depth_dir.glob("peak_depth_*.tif")) if depth_dir.is_dir() else []
+    if files:
+        with rasterio.open(files[-1]) as src:
+            depth = src.read(1).astype("float32")
+        title = f"latest forecast peak depth ({files[-1].stem.removeprefix('peak_depth_')})"
+    else:
+        depth = np.zeros((site.ny, site.nx), dtype="float32")
+        title = "no forecast yet"
+    with store.session() as s:
+        states = {z.zone: z.level for z in s.scalars(select(ZoneStateRow).where(ZoneStateRow.scope == "live"))}
+    colours = {z: by_rank[lv].colour for z, lv in states.items() if lv in by_rank}
+    levels = {z: by_rank[lv].title for z, lv in states.items() if lv in by_rank}
+    buf = Path(cfg.output_dir / "console_map.png")
+    peak_depth_map(site, depth, buf, title=title, zone_colours=colours, zone_levels=levels)
+    return buf.read_bytes()
+
+
+def _hydrograph_png(cfg: Config, gauge: Any, service: Any) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from .pipeline import Inputs
+
+    ds = Inputs(cfg).read_gauges()
+    fig, ax = plt.subplots(figsize=(7, 3), dpi=100)
+    if ds is not None and gauge.id in ds["station"].values:
+        st = ds.sel(station=gauge.id)
+        t, v = st["time"].values, st["stage"].values
+        if service is not None:
+            now = np.datetime64(service.clock().replace(tzinfo=None))
+            keep = t <= now
+            t, v = t[keep], v[keep]
+        ok = st["qc"].values[: t.size] == 0
+        ax.plot(t[ok], v[ok], color="navy", lw=1.2, label="observed stage")
+    for name, value in gauge.flood_stages.model_dump(exclude_none=True).items():
+        ax.axhline(value, ls="--", lw=0.8, color={"action": "gold", "minor": "orange", "moderate": "red",
+                                                  "major": "purple"}.get(name, "grey"), label=f"{name} {value:g} m")
+    ax.set_title(f"{gauge.name} ({gauge.id})", fontsize=9)
+    ax.set_ylabel("stage (m)")
+    ax.legend(fontsize=7, loc="upper left")
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    out = io.BytesIO()
+    fig.savefig(out, format="png")
+    plt.close(fig)
+    return out.getvalue()
