@@ -90,18 +90,58 @@ class GaugeConfig(_Model):
 
 
 class ForecastSourceConfig(_Model):
+    #: a registered source: netcdf, odim_h5, geotiff, grib (warning.ingest.source_names())
     kind: str = "netcdf"
     path: Path
     pattern: str = "*.nc"
     variable: str = "precipitation_rate"
     units: Literal["mm/h", "mm h-1", "mm/s", "kg m-2 s-1", "m/s", "mm"] = "mm/h"
+    #: further settings of that source (e.g. { name_format = "%Y%m%d%H%M.tif", interval_minutes = 5 })
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_kind(self) -> "ForecastSourceConfig":
+        from .ingest import source_names
+
+        if self.kind not in source_names():
+            raise ValueError(f"unknown source kind {self.kind!r}; valid: {', '.join(source_names())}")
+        return self
+
+    def source_settings(self, resolve) -> dict[str, Any]:
+        """Constructor settings for the source (netcdf keeps its historical keys)."""
+        if self.kind == "netcdf":
+            base = {"path": resolve(self.path), "pattern": self.pattern, "variable": self.variable,
+                    "units": self.units}
+        else:
+            base = {"path": resolve(self.path)}
+        return {**base, **self.settings}
 
 
 class GaugeSourceConfig(_Model):
+    #: a registered source: gauge_csv, usgs_iv, ea_flood_monitoring, sensorthings
     kind: str = "gauge_csv"
-    path: Path
+    #: a file (or a saved feed response); feeds polled over HTTP give settings.url instead
+    path: Path | None = None
     units: Literal["m", "ft", "cm"] = "m"
     stale_after_minutes: float = Field(default=90, gt=0)
+    #: further settings of that source (e.g. { url = "https://...", sites = ["01589330"] })
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_kind(self) -> "GaugeSourceConfig":
+        from .ingest import source_names
+
+        if self.kind not in source_names():
+            raise ValueError(f"unknown source kind {self.kind!r}; valid: {', '.join(source_names())}")
+        if self.path is None and "url" not in self.settings:
+            raise ValueError("give path (a file) or settings.url (a feed to poll)")
+        return self
+
+    def source_settings(self, resolve) -> dict[str, Any]:
+        base: dict[str, Any] = {"units": self.units, "stale_after_minutes": self.stale_after_minutes}
+        if self.path is not None:
+            base["path"] = resolve(self.path)
+        return {**base, **self.settings}
 
 
 class SourcesConfig(_Model):
@@ -365,7 +405,7 @@ def _semantic_problems(cfg: Config) -> list[str]:
     need_file("site.zones", cfg.site.zones)
     fc = cfg.sources.forecast
     need_file("sources.forecast.path", fc.path, folder=cfg.path(fc.path).suffix == "")
-    if cfg.sources.gauges is not None:
+    if cfg.sources.gauges is not None and cfg.sources.gauges.path is not None:
         need_file("sources.gauges.path", cfg.sources.gauges.path)
     need_file("subscribers.import_csv", cfg.subscribers.import_csv)
 

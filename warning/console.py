@@ -256,7 +256,7 @@ def _feed_health(cfg: Config, service: Any) -> list[dict[str, str]]:
     newest = max(files, key=lambda p: p.stat().st_mtime) if files else None
     out.append({"source": f"forecast ({cfg.sources.forecast.kind})", "latest": newest.name if newest else "none",
                 "state": "ok" if newest else "no data"})
-    if cfg.sources.gauges is not None:
+    if cfg.sources.gauges is not None and cfg.sources.gauges.path is not None:
         gp = cfg.path(cfg.sources.gauges.path)
         out.append({"source": f"gauges ({cfg.sources.gauges.kind})", "latest":
                     datetime.fromtimestamp(gp.stat().st_mtime, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

@@ -70,12 +70,9 @@ class Inputs:
 
     def __init__(self, cfg: Config):
         fc = cfg.sources.forecast
-        self.forecast = get_source(fc.kind, path=cfg.path(fc.path), pattern=fc.pattern,
-                                   variable=fc.variable, units=fc.units)
+        self.forecast = get_source(fc.kind, **fc.source_settings(cfg.path))
         gs = cfg.sources.gauges
-        self.gauges = (get_source(gs.kind, path=cfg.path(gs.path), units=gs.units,
-                                  stale_after_minutes=gs.stale_after_minutes)
-                       if gs is not None else None)
+        self.gauges = get_source(gs.kind, **gs.source_settings(cfg.path)) if gs is not None else None
         self.valid_ranges = {g.id: g.valid_range_m for g in cfg.gauges}
         self._cache: dict[tuple[str, float, bool], Any] = {}
 

@@ -428,3 +428,30 @@ def test_folder_gives_the_newest_file_and_notices_no_change(tmp_path):
     assert fetcher.fetch().not_modified
     with pytest.raises(IngestError, match=r"no file matching '\*.csv'"):
         Fetcher(tmp_path, pattern="*.csv").fetch()
+
+
+def test_sources_are_chosen_by_kind_in_the_site_config(tmp_path):
+    """[sources.gauges] kind = "usgs_iv" with its settings builds that source for the
+    pipeline; an unknown kind is a config error naming the valid ones."""
+    from tests.conftest import demo_config_text
+    from warning.config import load_config
+    from warning.errors import ConfigError
+    from warning.pipeline import Inputs
+
+    doc = usgs_doc(usgs_series("00065", "ft", [("2024-01-10T06:00:00.000-05:00", "2.00", "P")]))
+    f = tmp_path / "iv.json"
+    f.write_text(json.dumps(doc))
+    text = demo_config_text()
+    start = text.index("[sources.gauges]")
+    end = text.index("\n[", start + 1)
+    site = tmp_path / "site.toml"
+    site.write_text(text[:start] + f'[sources.gauges]\nkind = "usgs_iv"\npath = "{f}"\n'
+                    f'settings = {{ stations = {{ "{SITE}" = "MB-G1" }} }}\n' + text[end:])
+    inputs = Inputs(load_config(site))
+    assert isinstance(inputs.gauges, UsgsIvSource)
+    ds = inputs.gauges.read()
+    assert float(ds.stage.sel(station="MB-G1").values[0]) == pytest.approx(2 * FT)
+    site.write_text(text[:start] + '[sources.gauges]\nkind = "usgs_json"\nsettings = { url = "http://x" }\n'
+                    + text[end:])
+    with pytest.raises(ConfigError, match="unknown source kind 'usgs_json'; valid: .*usgs_iv"):
+        load_config(site)
