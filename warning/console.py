@@ -173,7 +173,10 @@ def make_console(cfg: Config, store: Store, *, site: Callable[[], Any] | None = 
                           "level_name": lv.name if lv else "none", "colour": lv.colour if lv else "#dddddd",
                           "since": st.since if st and lv else None})
         health = _feed_health(cfg, service)
-        return page(request, "dashboard.html", zones=zones, health=health,
+        with store.session() as s:
+            gaps = s.scalars(select(AuditRow).where(AuditRow.event == "data_problem")
+                             .order_by(AuditRow.id.desc()).limit(10)).all()
+        return page(request, "dashboard.html", zones=zones, health=health, gaps=gaps,
                     gauges=[g.id for g in cfg.gauges], pending=len(pending_approvals(store)))
 
     @r.get("/map.png")

@@ -132,6 +132,9 @@ class Service:
                 rec = CycleRecord(at, utcnow(), time.perf_counter() - t0, False, str(exc))
                 self.state.last_error = f"{at:%Y-%m-%d %H:%M}Z: {exc}"
                 log.error("cycle at %s failed, keeping the last good results: %s", at, exc)
+                with self.store.session.begin() as s:  # operators see it in the console
+                    self.store.audit(s, "data_problem", {"problem": f"cycle failed, the last good results "
+                                                                    f"stand: {exc}"}, time=at)
             else:
                 self.state.last_forecast = str(self.inputs.forecast.latest_before(at).path)
                 self.state.last_cycle_at = at

@@ -157,3 +157,25 @@ def test_forged_twilio_signature_is_refused_by_the_app(svc, monkeypatch):
         assert client.post(INBOUND_PATH, data=form, headers={"X-Twilio-Signature": forged}).status_code == 403
         good = RequestValidator("the-real-token").compute_signature(url, form)
         assert client.post(INBOUND_PATH, data=form, headers={"X-Twilio-Signature": good}).status_code == 200
+
+
+def test_a_failed_cycle_keeps_the_service_running_and_tells_operators(svc, monkeypatch):
+    from sqlalchemy import select
+
+    from warning.errors import IngestError
+    from warning.storage import AuditRow
+
+    s, clock = svc
+    assert s.cycle(force=True).ok
+
+    def broken(*a, **k):
+        raise IngestError("rain_20251114T1500Z.nc: truncated file (HDF error)")
+
+    monkeypatch.setattr(service_mod, "run_cycle", broken)
+    clock.t = AT + timedelta(hours=3)
+    rec = s.cycle()
+    assert rec is not None and not rec.ok and "truncated" in rec.detail
+    assert s.state.last_cycle_at == AT  # the last good cycle stands
+    with s.store.session() as ses:
+        problems = [a.detail["problem"] for a in ses.scalars(select(AuditRow).where(AuditRow.event == "data_problem"))]
+    assert any("truncated file" in p for p in problems)
