@@ -230,7 +230,12 @@ def make_console(cfg: Config, store: Store, *, site: Callable[[], Any] | None = 
         g = next((g for g in cfg.gauges if g.id == gauge_id), None)
         if g is None:
             raise HTTPException(404, f"no gauge {gauge_id}")
-        return Response(_hydrograph_png(cfg, g, service), media_type="image/png")
+        return Response(_hydrograph_png(cfg, g, service, store), media_type="image/png")
+
+    @r.get("/rain.png")
+    def rain_png(request: Request) -> Response:
+        require(request)
+        return Response(_rain_png(store), media_type="image/png", headers={"Cache-Control": "no-store"})
 
     return r
 
@@ -295,7 +300,46 @@ def _map_png(cfg: Config, store: Store, site: Any, by_rank: dict) -> bytes:
     return buf.read_bytes()
 
 
-def _hydrograph_png(cfg: Config, gauge: Any, service: Any) -> bytes:
+def _latest_summary(store: Store) -> dict[str, Any]:
+    from .storage import Run
+
+    with store.session() as s:
+        run = s.scalars(select(Run).where(Run.scope == "live", Run.status == "done")
+                        .order_by(Run.at.desc()).limit(1)).first()
+    return dict(run.summary or {}, at=run.at) if run is not None else {}
+
+
+def _rain_png(store: Store) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    summ = _latest_summary(store)
+    fig, ax = plt.subplots(figsize=(7, 2.6), dpi=100)
+    rain = summ.get("rain")
+    if rain:
+        t = np.array([np.datetime64(x[:19]) for x in rain["times"]])
+        v = np.array(rain["site_mean_mm_h"])
+        k = rain["now_index"]
+        width = (t[1] - t[0]) if t.size > 1 else np.timedelta64(1, "h")
+        ax.bar(t[:k], v[:k], width=width, align="edge", color="grey", label="best estimate (past)")
+        ax.bar(t[k:], v[k:], width=width, align="edge", color="steelblue", label="forecast (ensemble median)")
+        ax.legend(fontsize=7)
+        ax.set_title(f"site-mean rainfall, run of {summ['at']:%Y-%m-%d %H:%M}Z", fontsize=9)
+    else:
+        ax.set_title("no forecast run yet", fontsize=9)
+    ax.set_ylabel("mm/h")
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    out = io.BytesIO()
+    fig.savefig(out, format="png")
+    plt.close(fig)
+    return out.getvalue()
+
+
+def _hydrograph_png(cfg: Config, gauge: Any, service: Any, store: Store | None = None) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -315,6 +359,13 @@ def _hydrograph_png(cfg: Config, gauge: Any, service: Any) -> bytes:
             t, v = t[keep], v[keep]
         ok = st["qc"].values[: t.size] == 0
         ax.plot(t[ok], v[ok], color="navy", lw=1.2, label="observed stage")
+    det = next((d for d in (_latest_summary(store).get("details") or {}).values()
+                if d.get("gauge") == gauge.id), None) if store is not None else None
+    if det and det.get("gauge_forecast_times"):
+        ft = np.array([np.datetime64(x[:19]) for x in det["gauge_forecast_times"]])
+        ax.fill_between(ft, det["gauge_forecast_low_m"], det["gauge_forecast_high_m"], color="orange", alpha=0.25,
+                        label="forecast range (ensemble)")
+        ax.plot(ft, det["gauge_forecast_stage_m"], color="darkorange", lw=1.4, label="forecast stage (median)")
     for name, value in gauge.flood_stages.model_dump(exclude_none=True).items():
         ax.axhline(value, ls="--", lw=0.8, color={"action": "gold", "minor": "orange", "moderate": "red",
                                                   "major": "purple"}.get(name, "grey"), label=f"{name} {value:g} m")

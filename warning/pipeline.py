@@ -267,6 +267,12 @@ def zone_metrics(site: Site, cfg: Config, sim: Simulation, gauges, at: datetime
             bed = float(t.filled[g.row, g.col])
             st = sim.stage[:, :, g.reach] + bed - g.datum_m
             vals["forecast_stage_m"] = float(np.median(st[:, sim.now_index:].max(axis=1)))
+            # the forecast hydrograph at the gauge: ensemble median and range, m above gauge zero
+            fut_st = st[:, sim.now_index:]
+            det["gauge_forecast_times"] = [_dt(x).isoformat() for x in sim.times[sim.now_index:]]
+            det["gauge_forecast_stage_m"] = np.round(np.median(fut_st, axis=0), 3).tolist()
+            det["gauge_forecast_low_m"] = np.round(fut_st.min(axis=0), 3).tolist()
+            det["gauge_forecast_high_m"] = np.round(fut_st.max(axis=0), 3).tolist()
             if gauges is not None:
                 obs, rise, when, problem = latest_good(gauges, gid, at, stale)
                 if problem:
@@ -301,6 +307,7 @@ def run_cycle(site: Site, cfg: Config, store: Store, inputs: Inputs, at: datetim
         s.add(Run(id=run_id, at=at, scope=scope, forecast_issued=issue.issued,
                   forecast_file=issue.path.name, status="running", started=utcnow()))
     t1 = time.perf_counter()
+    site_rain = np.median(rain[:, :, site.valid].mean(axis=2), axis=0)  # (time,) mm/h, for the console
     sim = simulate(site, cfg, rain, times, now_index, issue)
     del rain
     timings["models"] = time.perf_counter() - t1
@@ -334,7 +341,9 @@ def run_cycle(site: Site, cfg: Config, store: Store, inputs: Inputs, at: datetim
         run.finished = utcnow()
         run.summary = {"metrics": _jsonable(metrics), "details": _json_safe(details),
                        "problems": problems, "timings": timings,
-                       "decisions": decisions}
+                       "decisions": decisions,
+                       "rain": {"times": [_dt(x).isoformat() for x in times],
+                                "site_mean_mm_h": np.round(site_rain, 3).tolist(), "now_index": now_index}}
     return CycleResult(run_id=run_id, at=at, forecast_issued=issue.issued,
                        forecast_file=issue.path.name, metrics=metrics, decisions=decisions,
                        notices=notices, messages_queued=queued, messages_sent=sent,

@@ -75,6 +75,7 @@ def test_console_guards_sessions_passwords_and_csrf(site_with_held_warning):
         assert f'action="/console/approvals/{pending[0].id}"' in page
         assert client.get("/console/map.png").headers["content-type"] == "image/png"
         assert client.get(f"/console/gauges/{cfg.gauges[0].id}.png").content[:4] == b"\x89PNG"
+        assert client.get("/console/rain.png").content[:4] == b"\x89PNG"
 
 
 def _free_port() -> int:

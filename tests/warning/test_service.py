@@ -179,3 +179,26 @@ def test_a_failed_cycle_keeps_the_service_running_and_tells_operators(svc, monke
     with s.store.session() as ses:
         problems = [a.detail["problem"] for a in ses.scalars(select(AuditRow).where(AuditRow.event == "data_problem"))]
     assert any("truncated file" in p for p in problems)
+
+
+def test_run_summary_carries_the_gauge_forecast_and_the_rain_for_the_console(svc):
+    import numpy as np
+    from sqlalchemy import select
+
+    from warning.storage import Run
+
+    s, clock = svc
+    clock.t = datetime(2025, 11, 14, 15, 0, tzinfo=UTC)
+    assert s.cycle(force=True).ok
+    with s.store.session() as ses:
+        summ = ses.scalars(select(Run).where(Run.scope == "live")).first().summary
+    gauged = [d for d in summ["details"].values() if d.get("gauge")]
+    assert gauged
+    for d in gauged:
+        med, low, high = (np.array(d[k]) for k in ("gauge_forecast_stage_m", "gauge_forecast_low_m",
+                                                   "gauge_forecast_high_m"))
+        assert len(d["gauge_forecast_times"]) == med.size > 0
+        assert np.all(low <= med + 1e-9) and np.all(med <= high + 1e-9)
+    rain = summ["rain"]
+    assert len(rain["times"]) == len(rain["site_mean_mm_h"]) and 0 < rain["now_index"] < len(rain["times"])
+    assert min(rain["site_mean_mm_h"]) >= 0 and max(rain["site_mean_mm_h"]) > 0  # the storm rains
