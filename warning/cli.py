@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import signal
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -215,6 +217,8 @@ def serve(config: ConfigOpt,
 
     _setup_logging(True if verbose else False)
     logging.getLogger("warning").setLevel(logging.INFO)
+    if not verbose:  # "skipped: maximum number of running instances" while a cycle runs is expected
+        logging.getLogger("apscheduler").setLevel(logging.ERROR)
     cfg = load_config(config)
     with console.status("preparing terrain (cached after the first time)"):
         svc = Service(cfg)
@@ -225,11 +229,26 @@ def serve(config: ConfigOpt,
         if cfg.service.simulate_from else "wall clock"
     console.print(f"floodwarn serving {cfg.site.name} on http://{host}:{port}/ (clock: {clock}); "
                   f"API at /docs, health at /health. Ctrl-C to stop.")
-    try:
-        uvicorn.run(app_, host=host, port=port, log_level="info" if verbose else "warning")
-    finally:
-        svc.shutdown()
-        console.print("stopped cleanly.")
+    # uvicorn runs in a thread so that SIGTERM/SIGINT come here: uvicorn's own handlers
+    # re-raise the signal after its shutdown, which would kill the process before the
+    # scheduler had finished the cycle in flight
+    server = uvicorn.Server(uvicorn.Config(app_, host=host, port=port,
+                                           log_level="info" if verbose else "warning"))
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: stop.set())
+    web = threading.Thread(target=server.run, name="web", daemon=True)
+    web.start()
+    while web.is_alive() and not stop.wait(0.5):
+        pass
+    server.should_exit = True
+    web.join(30)
+    svc.shutdown()
+    if not server.started:
+        err_console.print(f"[bold red]error:[/] the web app could not listen on {host}:{port} "
+                          "(port in use?); the scheduler was stopped")
+        raise typer.Exit(1)
+    console.print("stopped cleanly.")
 
 
 from . import cli_alerts  # noqa: E402,F401  (registers the subscribers/alerts/dispatch commands)
