@@ -315,6 +315,10 @@ class ServiceConfig(_Model):
     #: how often (wall-clock seconds) the scheduler looks for new data
     poll_seconds: float = Field(default=30, gt=0)
     dispatch_every_seconds: float = Field(default=10, gt=0)
+    #: how often (wall-clock seconds) the gauge feed is read; default poll_seconds
+    gauge_poll_seconds: float | None = Field(default=None, gt=0)
+    #: gauge readings this much newer (minutes) than at the last cycle make a cycle due
+    gauge_new_data_minutes: float = Field(default=60, gt=0)
     misfire_grace_s: int = Field(default=300, ge=1)
     #: replay: the service's clock starts here (ISO 8601 with zone) instead of now ...
     simulate_from: datetime | None = None

@@ -258,6 +258,13 @@ def _describe(a: AuditRow) -> str:
 
 
 def _feed_health(cfg: Config, service: Any) -> list[dict[str, str]]:
+    if service is not None and service.state.feeds:
+        out = [{"source": name, "latest": f"{f.last_data:%Y-%m-%d %H:%M}Z" if f.last_data else "none",
+                "state": f.state} for name, f in service.state.feeds.items()]
+        st = service.state
+        out.append({"source": "forecast cycle", "latest": f"{st.last_cycle_at:%Y-%m-%d %H:%M}Z"
+                    if st.last_cycle_at else "none yet", "state": st.last_error or "ok"})
+        return out
     out = []
     fc = cfg.path(cfg.sources.forecast.path)
     files = sorted(fc.glob(cfg.sources.forecast.pattern)) if fc.is_dir() else []

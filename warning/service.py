@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
+import numpy as np
+
 from .alerting import make_channel, make_dispatcher, publisher
 from .config import Config
 from .errors import USER_ERRORS
@@ -58,6 +60,15 @@ class CycleRecord:
 
 
 @dataclass
+class FeedState:
+    """What an ingest job last saw of one source."""
+
+    last_data: datetime | None = None  # newest data time (forecast issue, last good reading)
+    checked: datetime | None = None
+    state: str = "not checked yet"  # "ok", "stale: ...", "error: ..."
+
+
+@dataclass
 class ServiceState:
     cycles: list[CycleRecord] = field(default_factory=list)
     refused_overlaps: int = 0
@@ -65,6 +76,11 @@ class ServiceState:
     last_cycle_at: datetime | None = None
     last_error: str | None = None
     running: bool = False
+    feeds: dict[str, FeedState] = field(default_factory=dict)
+    #: why the next cycle should run (new data seen by an ingest job), or None
+    new_data: str | None = None
+    #: data time of the gauges when the last cycle ran
+    cycled_gauges: datetime | None = None
 
 
 class Service:
@@ -100,13 +116,67 @@ class Service:
         return self._channel
 
     # ------------------------------------------------------------------ jobs
+    def ingest(self, source: str) -> FeedState:
+        """Check one source for new data (the ingest job, at that source's interval).
+
+        Forecasts: the newest issue out by now. Gauges: the newest good reading up to now
+        (fetching the feed when it is one); a reading older than the source's tolerance
+        is a data gap, recorded once per gap for the operators. New data mark the next
+        cycle as due.
+        """
+        now = self.clock()
+        feed = self.state.feeds.setdefault(source, FeedState())
+        feed.checked = now
+        try:
+            if source == "forecast":
+                issue = self.inputs.forecast.latest_before(now)
+                feed.last_data = issue.issued if issue else None
+                feed.state = "ok" if issue else f"no forecast issued by {now:%Y-%m-%d %H:%M}Z"
+                if issue is not None and str(issue.path) != self.state.last_forecast:
+                    self.state.new_data = f"new forecast {issue.path.name}"
+                return feed
+            ds = self.inputs.read_gauges()
+            newest = None
+            for station in (ds["station"].values if ds is not None else []):
+                t = ds["time"].values
+                ok = (ds["qc"].sel(station=station).values == 0) & (t <= np.datetime64(now.replace(tzinfo=None)))
+                if ok.any():
+                    when = datetime.fromisoformat(str(np.datetime_as_string(t[ok][-1], unit="s")) + "+00:00")
+                    newest = when if newest is None else max(newest, when)
+            stale = timedelta(minutes=self.cfg.sources.gauges.stale_after_minutes)
+            was_stale = feed.state.startswith("stale")
+            feed.last_data = newest
+            if newest is None or now - newest > stale:
+                feed.state = (f"stale: no good reading since "
+                              f"{newest:%Y-%m-%d %H:%M}Z" if newest else "stale: no good reading yet")
+                if not was_stale:
+                    self._data_problem(now, f"gauge feed late: {feed.state.removeprefix('stale: ')} "
+                                            f"(tolerance {stale.total_seconds() / 60:.0f} min)")
+            else:
+                feed.state = "ok"
+                if self.state.cycled_gauges is None or newest > self.state.cycled_gauges + timedelta(minutes=
+                                                                           self.cfg.service.gauge_new_data_minutes):
+                    self.state.new_data = self.state.new_data or f"new gauge readings up to {newest:%H:%M}Z"
+        except USER_ERRORS as exc:
+            if not feed.state.startswith("error"):
+                self._data_problem(now, f"{source} feed failed, the last good data stand: {exc}")
+            feed.state = f"error: {exc}"
+        return feed
+
+    def _data_problem(self, at: datetime, problem: str) -> None:
+        log.warning("data problem: %s", problem)
+        with self.store.session.begin() as s:  # operators see it in the console
+            self.store.audit(s, "data_problem", {"problem": problem}, time=at)
+
     def due(self, now: datetime) -> tuple[bool, str]:
-        """Whether a cycle should run at ``now``: new forecast data, or the maximum gap."""
+        """Whether a cycle should run at ``now``: new forecast or gauge data, or the maximum gap."""
         issue = self.inputs.forecast.latest_before(now)
         if issue is None:
             return False, f"no forecast issued at or before {now:%Y-%m-%d %H:%M}Z"
         if str(issue.path) != self.state.last_forecast:
             return True, f"new forecast {issue.path.name}"
+        if self.state.new_data:
+            return True, self.state.new_data
         gap = timedelta(minutes=self.cfg.service.cycle_every_minutes)
         if self.state.last_cycle_at is None or now - self.state.last_cycle_at >= gap:
             return True, f"no cycle for {self.cfg.service.cycle_every_minutes:g} min"
@@ -132,12 +202,13 @@ class Service:
                 rec = CycleRecord(at, utcnow(), time.perf_counter() - t0, False, str(exc))
                 self.state.last_error = f"{at:%Y-%m-%d %H:%M}Z: {exc}"
                 log.error("cycle at %s failed, keeping the last good results: %s", at, exc)
-                with self.store.session.begin() as s:  # operators see it in the console
-                    self.store.audit(s, "data_problem", {"problem": f"cycle failed, the last good results "
-                                                                    f"stand: {exc}"}, time=at)
+                self._data_problem(at, f"cycle failed, the last good results stand: {exc}")
             else:
                 self.state.last_forecast = str(self.inputs.forecast.latest_before(at).path)
                 self.state.last_cycle_at = at
+                self.state.new_data = None
+                gauges = self.state.feeds.get("gauges")
+                self.state.cycled_gauges = gauges.last_data if gauges else None
                 rec = CycleRecord(at, utcnow(), time.perf_counter() - t0, True, why, res.forecast_file)
                 changed = [d for d in res.decisions if d["action"] in ("raise", "lower", "all_clear", "renew")]
                 log.info("cycle at %s (%s): %d notices, %d SMS queued, %d level changes", at, why,
@@ -173,6 +244,12 @@ class Service:
         poll = max(1.0, sv.poll_seconds)
         sched.add_job(run_job, "interval", args=["cycle"], id="cycle", seconds=poll, replace_existing=True,
                       next_run_time=datetime.now(timezone.utc))
+        sched.add_job(run_job, "interval", args=["ingest:forecast"], id="ingest:forecast", seconds=poll,
+                      replace_existing=True, next_run_time=datetime.now(timezone.utc))
+        if self.cfg.sources.gauges is not None:
+            sched.add_job(run_job, "interval", args=["ingest:gauges"], id="ingest:gauges",
+                          seconds=max(1.0, sv.gauge_poll_seconds or poll), replace_existing=True,
+                          next_run_time=datetime.now(timezone.utc))
         sched.add_job(run_job, "interval", args=["dispatch"], id="dispatch", seconds=sv.dispatch_every_seconds,
                       replace_existing=True)
         sched.add_job(run_job, "interval", args=["housekeeping"], id="housekeeping", seconds=60,
@@ -199,6 +276,9 @@ def run_job(name: str) -> None:
         log.warning("job %s fired with no service running", name)
         return
     try:
-        {"cycle": svc.cycle, "dispatch": svc.dispatch, "housekeeping": svc.housekeeping}[name]()
+        if name.startswith("ingest:"):
+            svc.ingest(name.removeprefix("ingest:"))
+        else:
+            {"cycle": svc.cycle, "dispatch": svc.dispatch, "housekeeping": svc.housekeeping}[name]()
     except USER_ERRORS as exc:
         log.error("job %s failed: %s", name, exc)

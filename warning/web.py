@@ -209,8 +209,12 @@ def create_app(cfg: Config, *, store: Store | None = None, service: Any = None) 
                      "last_cycle": None if last is None else {"at": last.at.isoformat(), "ok": last.ok,
                                                               "seconds": round(last.seconds, 2),
                                                               "detail": last.detail}}
+        feeds = {} if service is None else {
+            name: {"state": f.state, "last_data": f.last_data.isoformat() if f.last_data else None,
+                   "checked": f.checked.isoformat(timespec="seconds") if f.checked else None}
+            for name, f in service.state.feeds.items()}
         ok = db_ok and (service is None or sched["running"])
-        return {"ok": ok, "database": db_detail, "scheduler": sched}
+        return {"ok": ok, "database": db_detail, "scheduler": sched, "feeds": feeds}
 
     # ------------------------------------------------------------------ console
     from .console import make_console

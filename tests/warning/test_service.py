@@ -95,7 +95,7 @@ def test_scheduler_coalesces_missed_runs_and_restarts_from_the_database(svc, mon
     s.shutdown()
     with s.store.engine.connect() as c:
         ids = {r[0] for r in c.exec_driver_sql("SELECT id FROM scheduler_jobs")}
-    assert ids == {"cycle", "dispatch", "housekeeping"}
+    assert ids == {"cycle", "ingest:forecast", "ingest:gauges", "dispatch", "housekeeping"}
     again = Service(s.cfg, clock=s.clock, store=s.store)
     sched2 = again.start()
     assert {j.id for j in sched2.get_jobs()} == ids
@@ -202,3 +202,31 @@ def test_run_summary_carries_the_gauge_forecast_and_the_rain_for_the_console(svc
     rain = summ["rain"]
     assert len(rain["times"]) == len(rain["site_mean_mm_h"]) and 0 < rain["now_index"] < len(rain["times"])
     assert min(rain["site_mean_mm_h"]) >= 0 and max(rain["site_mean_mm_h"]) > 0  # the storm rains
+
+
+def test_ingest_jobs_mark_new_data_and_report_a_late_gauge_feed_once(svc):
+    from sqlalchemy import select
+
+    from warning.storage import AuditRow
+
+    s, clock = svc
+    fc = s.ingest("forecast")
+    assert fc.state == "ok" and fc.last_data <= AT and s.state.new_data.startswith("new forecast")
+    g = s.ingest("gauges")
+    assert g.state == "ok" and AT - timedelta(hours=1) <= g.last_data <= AT
+    assert s.cycle().ok and s.state.new_data is None
+    assert s.state.cycled_gauges == g.last_data
+    # readings two hours newer (same forecast) make a cycle due
+    clock.t = AT + timedelta(hours=2)
+    s.ingest("gauges")
+    assert s.due(clock.t) == (True, s.state.new_data) and "new gauge readings" in s.state.new_data
+    # long after the demo record ends the feed is late: one data-gap report, not one per check
+    clock.t = AT + timedelta(days=5)
+    assert s.ingest("gauges").state.startswith("stale")
+    s.ingest("gauges")
+    with s.store.session() as ses:
+        gaps = [a.detail["problem"] for a in ses.scalars(select(AuditRow).where(AuditRow.event == "data_problem"))]
+    assert len([p for p in gaps if p.startswith("gauge feed late")]) == 1
+    with TestClient(create_app(s.cfg, store=s.store, service=s)) as client:
+        feeds = client.get("/health").json()["feeds"]
+    assert feeds["gauges"]["state"].startswith("stale") and feeds["forecast"]["state"] == "ok"
