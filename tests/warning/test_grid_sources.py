@@ -273,8 +273,52 @@ def test_geotiff_without_crs_is_an_error(tmp_path):
 
 
 # ---------------------------------------------------------------------- GRIB2
+def _write_grib(path, values: np.ndarray, *, valid: datetime, lon0: float, lat0: float, d: float) -> None:
+    """One GRIB2 message of total precipitation (kg m-2 = mm over the step) on a regular
+    lat/lon grid, written with ecCodes from its own sample."""
+    eccodes = pytest.importorskip("eccodes")
+    ny, nx = values.shape
+    gid = eccodes.codes_grib_new_from_samples("regular_ll_sfc_grib2")
+    try:
+        for key, value in (("Ni", nx), ("Nj", ny), ("latitudeOfFirstGridPointInDegrees", lat0),
+                           ("longitudeOfFirstGridPointInDegrees", lon0),
+                           ("latitudeOfLastGridPointInDegrees", lat0 - (ny - 1) * d),
+                           ("longitudeOfLastGridPointInDegrees", lon0 + (nx - 1) * d),
+                           ("iDirectionIncrementInDegrees", d), ("jDirectionIncrementInDegrees", d),
+                           ("dataDate", int(f"{valid:%Y%m%d}")), ("dataTime", int(f"{valid:%H%M}") - 100),
+                           ("shortName", "tp"), ("stepType", "accum"), ("startStep", 0), ("endStep", 1)):
+            eccodes.codes_set(gid, key, value)
+        eccodes.codes_set_values(gid, values.astype(np.float64).ravel())
+        with open(path, "wb") as fh:
+            eccodes.codes_write(gid, fh)
+    finally:
+        eccodes.codes_release(gid)
+
+
+def test_grib_round_trip_onto_a_site_grid(tmp_path):
+    """A GRIB2 field written with ecCodes (2 mm in an hour west of 4.5 degE, 5 mm east of
+    it) read through cfgrib onto a UTM 31N grid: mm per hour, valid time, orientation."""
+    if importlib.util.find_spec("cfgrib") is None:
+        pytest.skip("cfgrib/eccodes (the 'grib' extra) are not installed")
+    field = np.full((60, 80), 2.0)
+    field[:, 50:] = 5.0  # lon >= 4.0 + 50 * 0.01 = 4.5 degE
+    _write_grib(tmp_path / "tp_2025111407.grib2", field, valid=datetime(2025, 11, 14, 7, tzinfo=UTC),
+                lon0=4.0, lat0=51.8, d=0.01)
+    src = get_source("grib", path=tmp_path, units="mm", interval_minutes=60)
+    (issue,) = src.issues()
+    assert issue.issued == datetime(2025, 11, 14, 7, tzinfo=UTC)
+    grid = make_grid(250.0, 600_000.0, 5_700_000.0, 40, 30, 32631)
+    da = src.load(issue, grid)
+    assert da["time"].values[0] == np.datetime64("2025-11-14T06:00", "ns")
+    lon, _ = warp_transform(grid.crs, "EPSG:4326", np.tile(grid.x_coords, grid.ny), np.repeat(grid.y_coords, grid.nx))
+    lon = np.asarray(lon).reshape(grid.ny, grid.nx)
+    assert (lon < 4.49).any() and (lon > 4.51).any()
+    np.testing.assert_allclose(da.values[0, 0][lon < 4.49], 2.0, rtol=1e-5)
+    np.testing.assert_allclose(da.values[0, 0][lon > 4.51], 5.0, rtol=1e-5)
+
+
 def test_grib_without_cfgrib_says_what_to_install(tmp_path):
     if importlib.util.find_spec("cfgrib") is not None:
-        pytest.skip("cfgrib is installed; a GRIB round trip test is not written yet")
+        pytest.skip("cfgrib is installed: test_grib_round_trip_onto_a_site_grid reads real GRIB instead")
     with pytest.raises(IngestError, match=r"pip install cfgrib eccodes"):
         get_source("grib", path=tmp_path)
