@@ -98,6 +98,9 @@ class ForecastSourceConfig(_Model):
     units: Literal["mm/h", "mm h-1", "mm/s", "kg m-2 s-1", "m/s", "mm"] = "mm/h"
     #: further settings of that source (e.g. { name_format = "%Y%m%d%H%M.tif", interval_minutes = 5 })
     settings: dict[str, Any] = Field(default_factory=dict)
+    #: a URL where the provider publishes its newest file: polled (conditional GET) by the
+    #: ingest job and mirrored into `path`, which the source reads
+    url: str | None = None
 
     @model_validator(mode="after")
     def _known_kind(self) -> "ForecastSourceConfig":

@@ -105,6 +105,15 @@ class Service:
         self.site = Site.load(cfg)
         self.inputs = Inputs(cfg)
         self.state = ServiceState()
+        fc = cfg.sources.forecast
+        self.mirror = None
+        if fc.url:
+            from pathlib import Path
+
+            from .ingest.mirror import Mirror
+
+            self.mirror = Mirror(fc.url, cfg.path(fc.path), suffix=Path(fc.pattern).suffix or ".nc",
+                                 prefix=fc.pattern.split("*")[0])
         self._lock = threading.Lock()
         self._channel = None
         self.scheduler = None
@@ -129,6 +138,10 @@ class Service:
         feed.checked = now
         try:
             if source == "forecast":
+                if self.mirror is not None:
+                    got = self.mirror.poll()
+                    if got is not None:
+                        log.info("new forecast file from %s: %s", self.mirror.url, got.name)
                 issue = self.inputs.forecast.latest_before(now)
                 feed.last_data = issue.issued if issue else None
                 feed.state = "ok" if issue else f"no forecast issued by {now:%Y-%m-%d %H:%M}Z"

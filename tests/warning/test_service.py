@@ -230,3 +230,74 @@ def test_ingest_jobs_mark_new_data_and_report_a_late_gauge_feed_once(svc):
     with TestClient(create_app(s.cfg, store=s.store, service=s)) as client:
         feeds = client.get("/health").json()["feeds"]
     assert feeds["gauges"]["state"].startswith("stale") and feeds["forecast"]["state"] == "ok"
+
+
+def test_forecast_published_at_a_url_is_mirrored_and_a_truncated_one_is_refused(tmp_path, monkeypatch):
+    """The newest forecast is served over HTTP (with an ETag); the ingest job fetches it into
+    the source folder, where the next cycle finds it; a repeated poll gets 304 and changes
+    nothing; a truncated body is refused, reported, and the last good files stay."""
+    import shutil
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from sqlalchemy import select
+
+    from tests.conftest import REPO, demo_config_text
+    from warning.config import load_config
+    from warning.storage import AuditRow
+
+    monkeypatch.setenv("FLOODWARN_SECRET_KEY", "mirror-test")
+    src = REPO / "sample_data" / "demo" / "forecasts"
+    folder = tmp_path / "forecasts"
+    folder.mkdir()
+    newest = src / "rain_20251114T1200Z.nc"
+    for f in src.glob("rain_*.nc"):
+        if f != newest:
+            shutil.copy(f, folder / f.name)
+    body = {"data": newest.read_bytes()}
+    requests = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            requests.append(self.headers.get("If-None-Match"))
+            etag = f'"{len(body["data"])}"'
+            if self.headers.get("If-None-Match") == etag:
+                self.send_response(304)
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("ETag", etag)
+            self.send_header("Content-Length", str(len(body["data"])))
+            self.end_headers()
+            self.wfile.write(body["data"])
+
+        def log_message(self, *a):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        text = demo_config_text().replace('output_dir = "', f'output_dir = "{tmp_path}/out" #', 1)
+        text = text.replace(f'path = "{REPO}/sample_data/demo/forecasts"',
+                            f'path = "{folder}"\nurl = "http://127.0.0.1:{server.server_port}/latest.nc"', 1)
+        cfg_path = tmp_path / "site.toml"
+        cfg_path.write_text(text)
+        cfg = load_config(cfg_path)
+        assert cfg.sources.forecast.url
+        s = Service(cfg, clock=Clock(AT))
+        assert s.ingest("forecast").state == "ok"
+        mirrored = sorted(folder.glob("rain_mirror_*.nc"))
+        assert len(mirrored) == 1 and mirrored[0].read_bytes() == newest.read_bytes()
+        assert s.inputs.forecast.latest_before(AT).path == mirrored[0]  # issued 12:00, found by content
+        assert s.cycle().forecast_file == mirrored[0].name
+        s.ingest("forecast")
+        assert requests[-1] is not None and len(sorted(folder.glob("rain_mirror_*.nc"))) == 1  # 304
+        body["data"] = newest.read_bytes()[:5000]  # truncated
+        feed = s.ingest("forecast")
+        assert feed.state.startswith("error") and "truncated or corrupt" in feed.state
+        assert len(sorted(folder.glob("rain_mirror_*.nc"))) == 1  # the last good file stays
+        with s.store.session() as ses:
+            problems = [a.detail["problem"] for a in ses.scalars(select(AuditRow).where(AuditRow.event == "data_problem"))]
+        assert any("forecast feed failed" in p for p in problems)
+        s.shutdown()
+    finally:
+        server.shutdown()
