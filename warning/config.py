@@ -322,6 +322,8 @@ class ServiceConfig(_Model):
     gauge_poll_seconds: float | None = Field(default=None, gt=0)
     #: gauge readings this much newer (minutes) than at the last cycle make a cycle due
     gauge_new_data_minutes: float = Field(default=60, gt=0)
+    #: operators' phones (E.164) texted when a feed goes late or fails (once per gap)
+    operator_phones: list[str] = Field(default_factory=list)
     misfire_grace_s: int = Field(default=300, ge=1)
     #: replay: the service's clock starts here (ISO 8601 with zone) instead of now ...
     simulate_from: datetime | None = None

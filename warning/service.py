@@ -177,9 +177,25 @@ class Service:
         return feed
 
     def _data_problem(self, at: datetime, problem: str) -> None:
+        """Tell the operators: the log, the console (audit), and SMS to the roster if any."""
         log.warning("data problem: %s", problem)
-        with self.store.session.begin() as s:  # operators see it in the console
+        with self.store.session.begin() as s:
             self.store.audit(s, "data_problem", {"problem": problem}, time=at)
+        roster = self.cfg.service.operator_phones
+        if not roster:
+            return
+        from alerts.channels import OutgoingMessage, mask_phone
+        from alerts.errors import DeliveryError
+
+        from .subscribers import normalise_phone
+
+        body = f"floodwarn {self.cfg.site.name}: {problem}"[:300]
+        for i, phone in enumerate(roster):
+            try:
+                to = normalise_phone(phone, self.cfg.subscribers.default_region)
+                self.channel.send(OutgoingMessage(to=to, body=body, key=f"ops:{at:%Y%m%dT%H%M%S}:{i}"))
+            except (DeliveryError, *USER_ERRORS) as exc:
+                log.error("could not text operator %s about the data problem: %s", mask_phone(phone), exc)
 
     def due(self, now: datetime) -> tuple[bool, str]:
         """Whether a cycle should run at ``now``: new forecast or gauge data, or the maximum gap."""

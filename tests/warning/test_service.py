@@ -4,6 +4,7 @@ misfires, restart) and the web app (public notices, JSON API and its OpenAPI doc
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -29,6 +30,8 @@ class Clock:
 @pytest.fixture
 def svc(demo_cfg, monkeypatch):
     monkeypatch.setenv("FLOODWARN_SECRET_KEY", "service-test-secret")
+    for name in ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
     clock = Clock(AT)
     s = Service(demo_cfg, clock=clock)
     s.site.prepare()
@@ -220,13 +223,18 @@ def test_ingest_jobs_mark_new_data_and_report_a_late_gauge_feed_once(svc):
     clock.t = AT + timedelta(hours=2)
     s.ingest("gauges")
     assert s.due(clock.t) == (True, s.state.new_data) and "new gauge readings" in s.state.new_data
-    # long after the demo record ends the feed is late: one data-gap report, not one per check
+    # long after the demo record ends the feed is late: one data-gap report, not one per check,
+    # texted to the operators' roster (the file channel here)
+    s.cfg.service.operator_phones.append("+447700900555")
     clock.t = AT + timedelta(days=5)
     assert s.ingest("gauges").state.startswith("stale")
     s.ingest("gauges")
     with s.store.session() as ses:
         gaps = [a.detail["problem"] for a in ses.scalars(select(AuditRow).where(AuditRow.event == "data_problem"))]
     assert len([p for p in gaps if p.startswith("gauge feed late")]) == 1
+    sms = [json.loads(line) for line in (s.cfg.output_dir / s.cfg.channels.sms_log).read_text().splitlines()]
+    texted = [m for m in sms if m["key"].startswith("ops:")]
+    assert len(texted) == 1 and "gauge feed late" in texted[0]["body"] and "+447700900555" not in str(texted)
     with TestClient(create_app(s.cfg, store=s.store, service=s)) as client:
         feeds = client.get("/health").json()["feeds"]
     assert feeds["gauges"]["state"].startswith("stale") and feeds["forecast"]["state"] == "ok"
