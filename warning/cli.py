@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import signal
 import threading
 import time
@@ -220,6 +221,18 @@ def serve(config: ConfigOpt,
     if not verbose:  # "skipped: maximum number of running instances" while a cycle runs is expected
         logging.getLogger("apscheduler").setLevel(logging.ERROR)
     cfg = load_config(config)
+    if cfg.demo is not None and not (os.environ.get("FLOODWARN_SECRET_KEY")
+                                     or os.environ.get("FLOODWARN_SECRET_KEY_FILE")):
+        # the demo site keeps its own key beside its database, as `floodwarn demo` does
+        key_file = cfg.output_dir / "demo-secret.key"
+        if not key_file.exists():
+            import secrets
+
+            key_file.parent.mkdir(parents=True, exist_ok=True)
+            key_file.write_text(secrets.token_urlsafe(32) + "\n")
+            key_file.chmod(0o600)
+        os.environ["FLOODWARN_SECRET_KEY_FILE"] = str(key_file)
+        console.print(f"FLOODWARN_SECRET_KEY is not set: the demo site uses its own key, {key_file}")
     with console.status("preparing terrain (cached after the first time)"):
         svc = Service(cfg)
         svc.site.prepare()
