@@ -24,6 +24,16 @@ def shared_path(*parts: str) -> Path:
     return p
 
 
+class Clock:
+    """A clock the test sets by hand: ``clock.t = ...``; calling it returns ``t``."""
+
+    def __init__(self, t):
+        self.t = t
+
+    def __call__(self):
+        return self.t
+
+
 @pytest.fixture
 def demo_cfg(tmp_path):
     """The demo configuration with its outputs redirected to a temporary folder."""

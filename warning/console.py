@@ -307,6 +307,18 @@ def _map_png(cfg: Config, store: Store, site: Any, by_rank: dict) -> bytes:
     return buf.read_bytes()
 
 
+def _png(fig: Any) -> bytes:
+    """A time-axis figure as PNG bytes (and closed)."""
+    import matplotlib.pyplot as plt
+
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    out = io.BytesIO()
+    fig.savefig(out, format="png")
+    plt.close(fig)
+    return out.getvalue()
+
+
 def _latest_summary(store: Store) -> dict[str, Any]:
     from .storage import Run
 
@@ -338,12 +350,7 @@ def _rain_png(store: Store) -> bytes:
     else:
         ax.set_title("no forecast run yet", fontsize=9)
     ax.set_ylabel("mm/h")
-    fig.autofmt_xdate()
-    fig.tight_layout()
-    out = io.BytesIO()
-    fig.savefig(out, format="png")
-    plt.close(fig)
-    return out.getvalue()
+    return _png(fig)
 
 
 def _hydrograph_png(cfg: Config, gauge: Any, service: Any, store: Store | None = None) -> bytes:
@@ -379,9 +386,4 @@ def _hydrograph_png(cfg: Config, gauge: Any, service: Any, store: Store | None =
     ax.set_title(f"{gauge.name} ({gauge.id})", fontsize=9)
     ax.set_ylabel("stage (m)")
     ax.legend(fontsize=7, loc="upper left")
-    fig.autofmt_xdate()
-    fig.tight_layout()
-    out = io.BytesIO()
-    fig.savefig(out, format="png")
-    plt.close(fig)
-    return out.getvalue()
+    return _png(fig)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import demo_config_text
+from tests.conftest import Clock, demo_config_text
 from warning.config import load_config
 from warning.console import add_operator, check_password
 from warning.outbox import pending_approvals
@@ -25,14 +25,6 @@ from warning.web import create_app
 
 CHROMIUM = Path("/usr/bin/chromium")
 PASSWORD = "correct horse battery"
-
-
-class Clock:
-    def __init__(self, t: datetime):
-        self.t = t
-
-    def __call__(self) -> datetime:
-        return self.t
 
 
 @pytest.fixture

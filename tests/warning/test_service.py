@@ -12,19 +12,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.conftest import Clock
 from warning import service as service_mod
 from warning.service import Service, SimulatedClock
 from warning.web import create_app
 
 AT = datetime(2025, 11, 14, 12, 0, tzinfo=UTC)
-
-
-class Clock:
-    def __init__(self, t: datetime):
-        self.t = t
-
-    def __call__(self) -> datetime:
-        return self.t
 
 
 @pytest.fixture
