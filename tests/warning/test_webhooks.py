@@ -28,7 +28,7 @@ from warning.storage import (
 from warning.subscribers import PhoneVault, SubscriberRegistry
 from warning.webhooks import INBOUND_PATH, STATUS_PATH, make_router
 
-# /work/shared/notes/twilio.md (b): vector 1 is the SDK's own unit-test vector, vector 2
+# ../shared/notes/twilio.md (b): vector 1 is the SDK's own unit-test vector, vector 2
 # an SMS status callback for this project; both reproduced there by a hand-rolled HMAC.
 VECTOR_1 = ("12345", "https://mycompany.com/myapp.php?foo=1&bar=2",
             {"CallSid": "CA1234567890ABCDE", "Caller": "+14158675309", "Digits": "1234",

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -99,7 +100,7 @@ def _number(raw: Any, where: str) -> float:
         raise IngestError(f"{where}: value {raw!r} is not a number") from None
 
 
-class _FeedSource:
+class _FeedSource(ABC):
     """What the three feeds share: fetching, conditional reuse, QC and the Dataset."""
 
     kind = "feed"
@@ -127,9 +128,10 @@ class _FeedSource:
     def _request(self, now: datetime) -> tuple[str | None, dict[str, str] | None]:
         return None, None
 
+    @abstractmethod
     def _parse(self, doc: Any, where: str, series: _Series) -> str | None:
         """Add the page's readings to ``series``; return the next page's URL, if any."""
-        raise NotImplementedError
+        ...
 
     # ---------------------------------------------------------------- reading
     def read(self, valid_ranges: dict[str, tuple[float, float]] | None = None,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import re
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -91,7 +92,7 @@ def _src_cell_size(src_transform: Affine, src_crs: CRS, shape: tuple[int, ...], 
     return float(np.sqrt(abs(ax * by - ay * bx)))
 
 
-class _FrameSequenceSource:
+class _FrameSequenceSource(ABC):
     """A folder of files holding one rain frame each; subclasses implement ``_read``/``_times``."""
 
     kind = "frames"
@@ -136,11 +137,13 @@ class _FrameSequenceSource:
         return cands[-1] if cands else None
 
     # ------------------------------------------------------------------ reading
+    @abstractmethod
     def _times(self, f: Path) -> tuple[datetime, datetime]:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _read(self, f: Path) -> Frame:
-        raise NotImplementedError
+        ...
 
     def _on_grid(self, f: Path, grid: GridSpec) -> tuple[np.ndarray, Frame]:
         frame = self._read(f)
