@@ -103,18 +103,22 @@ class GaugeCsvSource:
             attrs={"source_file": str(self.path)})
 
     def _spikes(self, row: np.ndarray, qc: np.ndarray) -> np.ndarray:
-        """Flag single readings that jump away from both neighbours and straight back."""
-        flags = np.zeros(row.size, dtype=np.uint8)
-        good = np.flatnonzero(qc == QC_GOOD)
-        if good.size < 3:
-            return flags
-        v = row[good]
-        up = v[1:-1] - v[:-2]
-        down = v[1:-1] - v[2:]
-        spike = (np.abs(up) > self.spike_limit_m) & (np.abs(down) > self.spike_limit_m) & (
-            np.sign(up) == np.sign(down))
-        flags[good[1:-1][spike]] = QC_SPIKE
+        return spike_flags(row, qc, self.spike_limit_m)
+
+
+def spike_flags(row: np.ndarray, qc: np.ndarray, limit_m: float) -> np.ndarray:
+    """Flag single good readings that jump away from both good neighbours by more than
+    ``limit_m`` (m) and straight back."""
+    flags = np.zeros(row.size, dtype=np.uint8)
+    good = np.flatnonzero(qc == QC_GOOD)
+    if good.size < 3:
         return flags
+    v = row[good]
+    up = v[1:-1] - v[:-2]
+    down = v[1:-1] - v[2:]
+    spike = (np.abs(up) > limit_m) & (np.abs(down) > limit_m) & (np.sign(up) == np.sign(down))
+    flags[good[1:-1][spike]] = QC_SPIKE
+    return flags
 
 
 def latest_good(ds: xr.Dataset, station: str, at: datetime, stale_after_minutes: float

@@ -37,7 +37,7 @@ import xarray as xr
 
 from ..errors import IngestError
 from .fetch import Fetched, Fetcher, is_url
-from .gauge_csv import QC_DUPLICATE, QC_GOOD, QC_MISSING, QC_NAMES, QC_RANGE, QC_SPIKE, _parse_time
+from .gauge_csv import QC_DUPLICATE, QC_GOOD, QC_MISSING, QC_NAMES, QC_RANGE, _parse_time, spike_flags
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +225,7 @@ class _FeedSource(ABC):
                     lo, hi = valid_ranges.get(name, (-np.inf, np.inf))
                     with np.errstate(invalid="ignore"):
                         qc[s, (row < lo) | (row > hi)] |= QC_RANGE
-                    qc[s] |= _spikes(row, qc[s], self.spike_limit_m)
+                    qc[s] |= spike_flags(row, qc[s], self.spike_limit_m)
                 qc[s] |= self._flatline(row, qc[s], np_times)
             out[var] = (values, qc, quals)
 
@@ -330,21 +330,6 @@ def _ends_early(text: str) -> bool:
         elif ch in "}]":
             depth -= 1
     return in_str or depth > 0
-
-
-def _spikes(row: np.ndarray, qc: np.ndarray, limit_m: float) -> np.ndarray:
-    """Single good readings that jump away from both good neighbours by more than the limit
-    and straight back (the rule of ``GaugeCsvSource``)."""
-    flags = np.zeros(row.size, dtype=np.uint8)
-    good = np.flatnonzero(qc == QC_GOOD)
-    if good.size < 3:
-        return flags
-    v = row[good]
-    up = v[1:-1] - v[:-2]
-    down = v[1:-1] - v[2:]
-    spike = (np.abs(up) > limit_m) & (np.abs(down) > limit_m) & (np.sign(up) == np.sign(down))
-    flags[good[1:-1][spike]] = QC_SPIKE
-    return flags
 
 
 def _location(path: str | Path | None, url: str | None, default_url: str | None, kind: str
