@@ -19,6 +19,10 @@ Everything the demo needs is written to ``sample_data/demo/``:
                           6-member ensembles, the others deterministic
 ``subscribers.csv``       invented residents (Ofcom drama-range numbers) for the drill
 ``storm.json``            the storm's true timing, for documentation only
+``events/*.toml``         the storm as an event file for ``floodwarn replay`` and
+                          ``floodwarn tune``: its period and the observed flood onsets,
+                          i.e. when each gauge's record first reached the minor flood
+                          stage given in ``config/demo.toml``
 
 Run ``python sample_data/make_demo.py`` to regenerate; the output is byte-stable for a
 given numpy/rasterio/h5netcdf version. Nothing here reads data from outside.
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import csv
 import json
+import tomllib
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -305,6 +310,33 @@ def write_subscribers(rng: np.random.Generator) -> None:
             w.writerow([f"07700 900{100 + 7 * i:03d}", z, lang, "demo sign-up form"])
 
 
+def write_event() -> Path:
+    """The storm as an event file. Observed onsets come from the gauge records (the
+    first reading at or above the zone's gauge's minor flood stage in the site config);
+    a zone without a gauge is recorded as seen dry (Hilltop is high on the hills)."""
+    cfg = tomllib.loads((OUT.parent.parent / "config" / "demo.toml").read_text())
+    minor = {g["id"]: g["flood_stages"]["minor"] for g in cfg["gauges"]}
+    first: dict[str, str] = {}
+    with open(OUT / "gauges" / "readings.csv", newline="") as fh:
+        for row in csv.DictReader(fh):
+            if row["station"] not in first and float(row["stage_m"]) >= minor[row["station"]]:
+                first[row["station"]] = row["time"]
+    lines = ["# The Millbrook storm of 14 November 2025, for floodwarn replay and tune.",
+             "# Written by sample_data/make_demo.py: observed onsets are the first gauge",
+             "# readings at or above each gauge's minor flood stage in config/demo.toml.",
+             'name = "Millbrook storm of 14 November 2025"',
+             "start = 2025-11-13T18:00:00Z",
+             "end = 2025-11-15T12:00:00Z",
+             "tolerance_minutes = 60", "", "[observed]"]
+    for zone in cfg["zones"]:
+        onset = first.get(zone.get("gauge", ""))
+        lines.append(f'{zone["code"]} = [{onset}]' if onset else f'{zone["code"]} = []')
+    (OUT / "events").mkdir(exist_ok=True)
+    path = OUT / "events" / "storm-2025-11-14.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def main() -> None:
     rng = np.random.default_rng(SEED)
     OUT.mkdir(parents=True, exist_ok=True)
@@ -328,6 +360,7 @@ def main() -> None:
     forecasts = write_forecasts(rng)
     gauges = write_gauges(rng, dem)
     write_subscribers(rng)
+    write_event()
     (OUT / "storm.json").write_text(json.dumps({
         "storm_day": T0.isoformat(), "heaviest_rain": (T0 + timedelta(hours=STORM_CENTRE_H)).isoformat(),
         "forecasts": forecasts, "gauges": gauges}, indent=1) + "\n")

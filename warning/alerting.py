@@ -75,7 +75,7 @@ def decide_and_notify(site: Site, cfg: Config, store: Store, at: datetime,
     cap_dir.mkdir(parents=True, exist_ok=True)
     ctx = NoticeContext(sender=cfg.notices.sender, sender_name=cfg.notices.sender_name,
                         web_base=cfg.notices.web_base,
-                        status="Exercise" if drill else "Actual",
+                        status="Exercise" if drill else cfg.notices.status,
                         exercise_note=drill or None,
                         languages=tuple(cfg.notices.languages or [cfg.notices.language]), run=run_info)
     out_decisions: list[dict[str, Any]] = []

@@ -50,11 +50,16 @@ def _open(config: Path):
     return cfg, Store(cfg.db_url)
 
 
-def _registry(config: Path):
+def _registry(config: Path, drill: bool = False):
     from .subscribers import PhoneVault, SubscriberRegistry
 
     cfg, store = _open(config)
-    return cfg, store, SubscriberRegistry(store, PhoneVault.from_env(), cfg.subscribers.default_region)
+    return cfg, store, SubscriberRegistry(store, PhoneVault.from_env(), cfg.subscribers.default_region,
+                                          roster="drill" if drill else "public")
+
+
+DrillOpt = Annotated[bool, typer.Option("--drill", help="the drill roster (the numbers drills text), "
+                                                       "not the public subscribers")]
 
 
 def _check_zones(cfg, zones: list[str]) -> list[str]:
@@ -72,48 +77,61 @@ def _check_zones(cfg, zones: list[str]) -> list[str]:
 def subscribers_add(
         config: ConfigOpt,
         phone: Annotated[str, typer.Argument(help="phone number (E.164, or national in the site's region)")],
-        zone: Annotated[list[str], typer.Option("--zone", "-z", help="zone code (repeat for several)")],
+        zone: Annotated[list[str], typer.Option("--zone", "-z", help="zone code (repeat for several); "
+                                                "with --drill, default every zone")] = [],
         language: Annotated[str, typer.Option(help="language of the messages (en, es, ...)")] = "en",
         consent_source: Annotated[str, typer.Option(help="how the resident consented, e.g. 'paper form 2025-11'")]
-        = "operator (CLI)") -> None:
-    """Subscribe a resident to one or more zones (recording how they consented)."""
+        = "operator (CLI)",
+        drill: DrillOpt = False) -> None:
+    """Subscribe a resident to one or more zones (recording how they consented), or with
+    --drill add a number to the drill roster."""
     from alerts.channels import mask_phone
 
-    cfg, _store, reg = _registry(config)
-    zones = _check_zones(cfg, zone)
+    from .subscribers import ALL_ZONES
+
+    cfg, _store, reg = _registry(config, drill)
+    if not zone and not drill:
+        raise typer.BadParameter("give at least one --zone")
+    zones = _check_zones(cfg, zone) if zone else [ALL_ZONES]
     sid = reg.add(phone, zones, language, consent_source)
-    console.print(f"subscriber {sid} ({mask_phone(phone)}) in {', '.join(zones)}, language {language}")
+    console.print(f"{'drill roster entry' if drill else 'subscriber'} {sid} ({mask_phone(phone)}) in "
+                  f"{'every zone' if zones == [ALL_ZONES] else ', '.join(zones)}, language {language}")
 
 
 @subscribers_app.command("import")
 @_friendly
 def subscribers_import(config: ConfigOpt,
                        csv_path: Annotated[Path, typer.Argument(help="CSV: phone, zones (;-separated), "
-                                                                     "language, consent_source")]) -> None:
-    """Import subscribers from a CSV file (existing numbers get the new zones added)."""
-    cfg, _store, reg = _registry(config)
+                                                                     "language, consent_source")],
+                       drill: DrillOpt = False) -> None:
+    """Import subscribers (or with --drill the drill roster) from a CSV file (existing
+    numbers get the new zones added)."""
+    cfg, _store, reg = _registry(config, drill)
     n = reg.import_csv(csv_path, known_zones=[z.code for z in cfg.zones])
-    console.print(f"imported {n} subscriber rows from {csv_path}; {reg.count()} subscribers in all")
+    what = "drill roster entries" if drill else "subscribers"
+    console.print(f"imported {n} rows from {csv_path}; {reg.count()} {what} in all")
 
 
 @subscribers_app.command("export")
 @_friendly
 def subscribers_export(config: ConfigOpt,
-                       csv_path: Annotated[Path, typer.Argument(help="file to write (holds numbers in clear)")]
-                       ) -> None:
-    """Export every subscriber to CSV (numbers in clear: personal data, keep it safe)."""
-    _cfg, _store, reg = _registry(config)
+                       csv_path: Annotated[Path, typer.Argument(help="file to write (holds numbers in clear)")],
+                       drill: DrillOpt = False) -> None:
+    """Export every subscriber (or the drill roster) to CSV (numbers in clear: personal data)."""
+    _cfg, _store, reg = _registry(config, drill)
     n = reg.export_csv(csv_path)
     console.print(f"wrote {n} subscribers to {csv_path} (phone numbers in clear: personal data)")
 
 
 @subscribers_app.command("delete")
 @_friendly
-def subscribers_delete(config: ConfigOpt, phone: Annotated[str, typer.Argument(help="the number to remove")]) -> None:
-    """Delete a subscriber for good: the encrypted number and its lookup hash are removed."""
+def subscribers_delete(config: ConfigOpt, phone: Annotated[str, typer.Argument(help="the number to remove")],
+                       drill: DrillOpt = False) -> None:
+    """Delete a subscriber (or drill roster entry) for good: the encrypted number and its
+    lookup hash are removed."""
     from alerts.channels import mask_phone
 
-    _cfg, _store, reg = _registry(config)
+    _cfg, _store, reg = _registry(config, drill)
     if not reg.delete(phone):
         console.print(f"no subscriber with number {mask_phone(phone)}")
         raise typer.Exit(1)
@@ -122,18 +140,20 @@ def subscribers_delete(config: ConfigOpt, phone: Annotated[str, typer.Argument(h
 
 @subscribers_app.command("list")
 @_friendly
-def subscribers_list(config: ConfigOpt, zone: Annotated[str, typer.Option(help="only this zone")] = "") -> None:
-    """List subscribers with masked numbers."""
+def subscribers_list(config: ConfigOpt, zone: Annotated[str, typer.Option(help="only this zone")] = "",
+                     drill: DrillOpt = False) -> None:
+    """List subscribers (or with --drill the drill roster) with masked numbers."""
     from sqlalchemy import select
 
     from alerts.channels import mask_phone
 
     from .storage import Subscriber
 
-    _cfg, store, reg = _registry(config)
-    table = Table("id", "phone", "zones", "language", "consent", "state")
+    _cfg, store, reg = _registry(config, drill)
+    table = Table("id", "phone", "zones", "language", "consent", "state",
+                  title="drill roster" if drill else "subscribers")
     with store.session() as s:
-        for r in s.scalars(select(Subscriber).order_by(Subscriber.id)):
+        for r in s.scalars(select(Subscriber).where(Subscriber.roster == reg.roster).order_by(Subscriber.id)):
             if zone and zone not in r.zones:
                 continue
             state = ("opted out" if r.opted_out_at else f"unreachable ({r.unreachable})" if r.unreachable

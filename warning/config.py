@@ -292,6 +292,9 @@ class NoticesConfig(_Model):
     language: str = "en"
     #: languages of every notice, one CAP <info> each (default: [language])
     languages: list[str] = Field(default_factory=list)
+    #: CAP status of the site's notices: "Actual", or "Test" for a test installation (and
+    #: for replays that are not drills); drills are always "Exercise"
+    status: Literal["Actual", "Test"] = "Actual"
 
 
 class SubscribersConfig(_Model):

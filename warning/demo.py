@@ -91,10 +91,12 @@ def _run_storm(cfg: Config, out: Path, channel_name: str,
     say("preparing terrain (depression filling, D8, accumulation, HAND, rating curves)")
     site = Site.load(cfg)
     store = Store(cfg.db_url)
-    registry = SubscriberRegistry(store, PhoneVault.from_env(), cfg.subscribers.default_region)
+    # a drill texts only the drill roster, never the public: the demo's invented numbers
+    # go on the drill roster
+    registry = SubscriberRegistry(store, PhoneVault.from_env(), cfg.subscribers.default_region, roster="drill")
     if cfg.subscribers.import_csv is not None:
         n = registry.import_csv(cfg.path(cfg.subscribers.import_csv))
-        say(f"imported {n} demo subscribers (invented numbers, stored encrypted)")
+        say(f"put {n} demo numbers on the drill roster (invented numbers, stored encrypted)")
     if channel_name == "file":
         from alerts.channels import get_channel
         channel = get_channel("file", path=out / cfg.channels.sms_log)

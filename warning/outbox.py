@@ -37,7 +37,7 @@ from alerts.messages import sms_segments
 
 from .errors import FloodwarnError
 from .storage import AlertRow, ApprovalRow, DeliveryRow, OutboxRow, Store, Subscriber, ZoneStateRow, utcnow
-from .subscribers import PhoneVault
+from .subscribers import ALL_ZONES, PhoneVault
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +45,20 @@ OPEN_STATES = ("held", "pending")
 
 
 # --------------------------------------------------------------------------- queueing
-def recipients_for_zone(s, zone: str) -> list[tuple[int, str]]:
-    """(subscriber id, language) of everyone subscribed to ``zone`` who can get SMS.
-    Numbers stay encrypted: queueing never needs them."""
+def roster_for_scope(scope: str) -> str:
+    """Who an alert of ``scope`` may text: drills only the drill roster, never the public."""
+    return "drill" if scope.startswith("drill:") else "public"
+
+
+def recipients_for_zone(s, zone: str, roster: str = "public") -> list[tuple[int, str]]:
+    """(subscriber id, language) of everyone on ``roster`` subscribed to ``zone`` (a drill
+    roster entry with zone ``*`` takes every zone) who can get SMS. Numbers stay
+    encrypted: queueing never needs them."""
     rows = s.execute(select(Subscriber.id, Subscriber.language, Subscriber.zones)
-                     .where(Subscriber.opted_out_at.is_(None), Subscriber.unreachable.is_(None))
+                     .where(Subscriber.opted_out_at.is_(None), Subscriber.unreachable.is_(None),
+                            Subscriber.roster == roster)
                      .order_by(Subscriber.id)).all()
-    return [(sid, lang) for sid, lang, zones in rows if zone in (zones or ())]
+    return [(sid, lang) for sid, lang, zones in rows if zone in (zones or ()) or ALL_ZONES in (zones or ())]
 
 
 def queue_fanout(s, store: Store, *, alert_identifier: str, zone: str, scope: str,
@@ -77,7 +84,7 @@ def queue_fanout(s, store: Store, *, alert_identifier: str, zone: str, scope: st
         store.audit(s, "superseded", {"by": alert_identifier, "messages": superseded}, zone=zone, time=at)
     texts: dict[str, tuple[str, int]] = {}
     rows = []
-    for sid, lang in recipients_for_zone(s, zone):
+    for sid, lang in recipients_for_zone(s, zone, roster_for_scope(scope)):
         if lang not in texts:
             body = bodies(lang)
             texts[lang] = (body, sms_segments(body).segments)

@@ -93,10 +93,15 @@ class Service:
         Aware UTC "now" for cycle times; defaults to the simulated clock when the config
         asks for one, else the wall clock.
     store : Store, optional
+    drill : str, optional
+        Run every cycle as this drill (CAP Exercise, SMS to the drill roster only); replays
+        of past storms as drills use it.
     """
 
-    def __init__(self, cfg: Config, *, clock: Callable[[], datetime] | None = None, store: Store | None = None):
+    def __init__(self, cfg: Config, *, clock: Callable[[], datetime] | None = None, store: Store | None = None,
+                 drill: str | None = None):
         self.cfg = cfg
+        self.drill = drill
         sv = cfg.service
         if clock is None:
             clock = SimulatedClock(sv.simulate_from, sv.speed) if sv.simulate_from else utcnow
@@ -226,7 +231,7 @@ class Service:
             t0 = time.perf_counter()
             try:
                 res = run_cycle(self.site, self.cfg, self.store, self.inputs, at, channel=None,
-                                write_depth=self.cfg.service.write_depth)
+                                drill=self.drill, write_depth=self.cfg.service.write_depth)
             except USER_ERRORS as exc:
                 rec = CycleRecord(at, utcnow(), time.perf_counter() - t0, False, str(exc))
                 self.state.last_error = f"{at:%Y-%m-%d %H:%M}Z: {exc}"
@@ -249,10 +254,24 @@ class Service:
             self._lock.release()
 
     def dispatch(self) -> None:
-        make_dispatcher(self.cfg, self.store, self.channel).drain()
+        make_dispatcher(self.cfg, self.store, self.channel, clock=self.clock).drain()
 
     def housekeeping(self) -> None:
-        release_due(self.store, utcnow(), publisher(self.cfg))
+        """Release held notices whose approval time ran out (on the service's clock)."""
+        release_due(self.store, self.clock(), publisher(self.cfg))
+
+    def job(self, name: str) -> None:
+        """Run one of the scheduler's jobs by name: ``ingest:<source>``, ``cycle``,
+        ``dispatch``, ``housekeeping``. The scheduler and a replay both come through here."""
+        if name.startswith("ingest:"):
+            self.ingest(name.removeprefix("ingest:"))
+        else:
+            {"cycle": self.cycle, "dispatch": self.dispatch, "housekeeping": self.housekeeping}[name]()
+
+    def job_names(self) -> list[str]:
+        """The jobs in the order they fire when all are due at once."""
+        return ["ingest:forecast", *(["ingest:gauges"] if self.cfg.sources.gauges is not None else []),
+                "cycle", "dispatch", "housekeeping"]
 
     # ------------------------------------------------------------------ scheduler
     def start(self) -> Any:
@@ -305,9 +324,6 @@ def run_job(name: str) -> None:
         log.warning("job %s fired with no service running", name)
         return
     try:
-        if name.startswith("ingest:"):
-            svc.ingest(name.removeprefix("ingest:"))
-        else:
-            {"cycle": svc.cycle, "dispatch": svc.dispatch, "housekeeping": svc.housekeeping}[name]()
+        svc.job(name)
     except USER_ERRORS as exc:
         log.error("job %s failed: %s", name, exc)

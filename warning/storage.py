@@ -130,6 +130,8 @@ class Subscriber(Base):
     opted_out_at: Mapped[datetime | None]
     #: why the number cannot take SMS (provider error, e.g. "21211 invalid number"); None = fine
     unreachable: Mapped[str | None] = mapped_column(Text)
+    #: "public" (residents who subscribed) or "drill" (the drill roster: drills text only these)
+    roster: Mapped[str] = mapped_column(String(10), default="public", server_default="public", index=True)
 
 
 class OutboxRow(Base):
@@ -207,6 +209,21 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # pragma: no cover - trivial
     cur.close()
 
 
+#: columns added after a table first shipped: (table, column, DDL type and default); a
+#: database made by an older floodwarn gets them on start-up (create_all adds only tables)
+_ADDED_COLUMNS = (("subscribers", "roster", "VARCHAR(10) NOT NULL DEFAULT 'public'"),)
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    from sqlalchemy import inspect, text
+
+    insp = inspect(engine)
+    for table, column, ddl in _ADDED_COLUMNS:
+        if column not in {c["name"] for c in insp.get_columns(table)}:
+            with engine.begin() as conn:
+                conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}"))
+
+
 class Store:
     """A database handle: engine, session factory and the few atomic operations."""
 
@@ -218,6 +235,7 @@ class Store:
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         Base.metadata.create_all(self.engine)
+        _add_missing_columns(self.engine)
         self.session = sessionmaker(self.engine, expire_on_commit=False)
 
     def audit(self, s: Session, event_name: str, detail: dict[str, Any], *, run_id: str | None = None,

@@ -84,24 +84,41 @@ class PhoneVault:
                               "differs from the one they were stored with") from None
 
 
+ROSTERS = ("public", "drill")
+#: in a drill roster's ``zones``: every zone of the site
+ALL_ZONES = "*"
+
+
 class SubscriberRegistry:
-    def __init__(self, store: Store, vault: PhoneVault, region: str = "GB"):
+    """The residents who subscribed (``roster="public"``), or the drill roster
+    (``roster="drill"``): the separate list of numbers, e.g. the emergency team's, that
+    drills text instead of the public. The two lists share a table but never a row: a
+    drill entry's lookup hash is domain-separated, so one number can be on both lists,
+    and queueing picks recipients by roster from the alert's scope."""
+
+    def __init__(self, store: Store, vault: PhoneVault, region: str = "GB", roster: str = "public"):
+        if roster not in ROSTERS:
+            raise FloodwarnError(f"unknown roster {roster!r}; valid: {', '.join(ROSTERS)}")
         self.store = store
         self.vault = vault
         self.region = region
+        self.roster = roster
+
+    def _hash(self, e164: str) -> str:
+        return self.vault.lookup_hash(e164 if self.roster == "public" else f"{self.roster}:{e164}")
 
     def add(self, phone: str, zones: list[str], language: str | None = None,
             consent_source: str = "unknown", consent_time: datetime | None = None) -> int:
         """Subscribe ``phone`` to ``zones`` (an existing number gets them added; its
         language changes only when one is given). Returns the subscriber id."""
         e164 = normalise_phone(phone, self.region)
-        h = self.vault.lookup_hash(e164)
+        h = self._hash(e164)
         with self.store.session.begin() as s:
             row = s.scalar(select(Subscriber).where(Subscriber.phone_hash == h))
             if row is None:
                 row = Subscriber(phone_hash=h, phone_enc=self.vault.encrypt(e164), zones=zones,
                                  language=language or "en", consent_source=consent_source,
-                                 consent_time=consent_time or utcnow())
+                                 consent_time=consent_time or utcnow(), roster=self.roster)
                 s.add(row)
             else:
                 row.zones = sorted(set(row.zones) | set(zones))
@@ -137,10 +154,12 @@ class SubscriberRegistry:
                 problems.append(f"line {line}: {exc}")
                 continue
             zones = [z.strip() for z in (row.get("zones") or "").split(";") if z.strip()]
+            if not zones and self.roster == "drill":
+                zones = [ALL_ZONES]
             if not zones:
                 problems.append(f"line {line}: no zones for {mask_phone(e164)}")
                 continue
-            if zones_ok is not None:
+            if zones_ok is not None and zones != [ALL_ZONES]:
                 bad = [z for z in zones if z.lower() not in zones_ok]
                 if bad:
                     problems.append(f"line {line}: unknown zone(s) {', '.join(bad)}")
@@ -161,7 +180,7 @@ class SubscriberRegistry:
     def delete(self, phone: str) -> bool:
         """Remove the number for good (its encrypted copy and lookup hash); the audit log
         keeps only that a subscriber was deleted, by id."""
-        h = self.vault.lookup_hash(normalise_phone(phone, self.region))
+        h = self._hash(normalise_phone(phone, self.region))
         with self.store.session.begin() as s:
             row = s.scalar(select(Subscriber).where(Subscriber.phone_hash == h))
             if row is None:
@@ -172,12 +191,12 @@ class SubscriberRegistry:
 
     def find(self, phone: str) -> Subscriber | None:
         """The subscriber row for ``phone`` (any format), or None."""
-        h = self.vault.lookup_hash(normalise_phone(phone, self.region))
+        h = self._hash(normalise_phone(phone, self.region))
         with self.store.session() as s:
             return s.scalar(select(Subscriber).where(Subscriber.phone_hash == h))
 
     def _update(self, phone: str, event: str, detail: dict, **values) -> bool:
-        h = self.vault.lookup_hash(normalise_phone(phone, self.region))
+        h = self._hash(normalise_phone(phone, self.region))
         with self.store.session.begin() as s:
             row = s.scalar(select(Subscriber).where(Subscriber.phone_hash == h))
             if row is None:
@@ -206,7 +225,8 @@ class SubscriberRegistry:
         opted_out_at`` (the same columns :meth:`import_csv` reads, plus state). The file
         holds phone numbers in clear: personal data, handle it as such."""
         with self.store.session() as s:
-            rows = s.scalars(select(Subscriber).order_by(Subscriber.id)).all()
+            rows = s.scalars(select(Subscriber).where(Subscriber.roster == self.roster)
+                             .order_by(Subscriber.id)).all()
         with open(path, "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["phone", "zones", "language", "consent_source", "consent_time", "opted_out_at"])
@@ -218,11 +238,12 @@ class SubscriberRegistry:
     def for_zone(self, zone: str) -> list[Recipient]:
         with self.store.session() as s:
             rows = s.scalars(select(Subscriber).where(Subscriber.opted_out_at.is_(None),
-                                                      Subscriber.unreachable.is_(None))
+                                                      Subscriber.unreachable.is_(None),
+                                                      Subscriber.roster == self.roster)
                              .order_by(Subscriber.id)).all()
         return [Recipient(r.id, self.vault.decrypt(r.phone_enc), r.language)
-                for r in rows if zone in r.zones]
+                for r in rows if zone in r.zones or ALL_ZONES in r.zones]
 
     def count(self) -> int:
         with self.store.session() as s:
-            return len(s.scalars(select(Subscriber.id)).all())
+            return len(s.scalars(select(Subscriber.id).where(Subscriber.roster == self.roster)).all())

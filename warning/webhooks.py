@@ -155,6 +155,8 @@ class TwilioWebhooks:
             raise ConfigError("sender_name: empty; HELP replies must say who sends the warnings")
         self.store = store
         self.registry = SubscriberRegistry(store, vault, region)
+        #: the drill roster: a STOP or START from one of its numbers applies to it too
+        self.drill_registry = SubscriberRegistry(store, vault, region, roster="drill")
         self.vault = vault
         self.public_base_url = _check_public_base_url(public_base_url)
         self.validator = RequestValidator(auth_token)
@@ -383,11 +385,13 @@ class TwilioWebhooks:
 
         kind = command.kind
         if kind == "stop":
-            if not self.registry.opt_out(phone, source="sms STOP", at=now):
+            drill_entry = self.drill_registry.opt_out(phone, source="sms STOP", at=now)
+            if not self.registry.opt_out(phone, source="sms STOP", at=now) and not drill_entry:
                 audit("opt_out", source="sms STOP", known=False)
             return reply_text(command, "ok", language, sender=sender)
 
         if kind == "start":
+            self.drill_registry.opt_in(phone, source="sms START")
             if sub is None or not self.registry.opt_in(phone, source="sms START"):
                 audit("opt_in", source="sms START", known=False)
                 return reply_text(command, "not_subscribed", language, sender=sender)

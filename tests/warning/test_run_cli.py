@@ -69,16 +69,16 @@ def test_run_one_cycle_sends_sms_through_twilio_sdk(subscribed, monkeypatch):
 def test_run_twice_reuses_terrain_and_sends_nothing_new(subscribed, tmp_path):
     path, cfg = subscribed
     runner = CliRunner()
-    first = runner.invoke(app, ["run", "--config", path, "--at", "2025-11-14T16:00Z", "--drill", "t"])
+    first = runner.invoke(app, ["run", "--config", path, "--at", "2025-11-14T16:00Z"])
     assert first.exit_code == 0, first.output
     cache = list((cfg.output_dir / "cache").glob("terrain-*.nc"))
     assert len(cache) == 1
     mtime = cache[0].stat().st_mtime
-    second = runner.invoke(app, ["run", "--config", path, "--at", "2025-11-14T17:00Z", "--drill", "t"])
+    second = runner.invoke(app, ["run", "--config", path, "--at", "2025-11-14T17:00Z"])
     assert second.exit_code == 0, second.output
     assert cache[0].stat().st_mtime == mtime  # computed once per site
     lines = (cfg.output_dir / "sms.jsonl").read_text().splitlines()
-    first_count = len([x for x in lines if json.loads(x)["key"].split(".")[1] == "20251114T1600"])
+    first_count = len([x for x in lines if json.loads(x)["key"].split(":")[0].split(".")[1] == "20251114T1600"])
     assert first_count == len(lines)  # the level held: no second round of messages
 
 

@@ -1,0 +1,196 @@
+"""Event files: a past storm described for replay, drills and verification.
+
+An event is a small TOML file kept in the site's folder::
+
+    name = "Millbrook storm of 14 November 2025"
+    start = 2025-11-13T18:00:00Z       # the replay's clock starts here ...
+    end = 2025-11-15T12:00:00Z         # ... and stops here
+    zones = []                         # zones to verify; empty = every zone of the site
+    tolerance_minutes = 60             # a warning up to this late still counts as a hit
+
+    [sources.forecast]                 # archived inputs (optional): override the config's
+    path = "../forecasts"              # source paths; relative to this file
+    pattern = "rain_*.nc"
+    [sources.gauges]
+    path = "../gauges/readings.csv"
+
+    [observed]                         # observed flood onsets per zone (UTC); a zone
+    MB-TOWN = [2025-11-14T18:15:00Z]   # listed with [] was seen not to flood
+    HILLTOP = []
+
+Only zones listed under ``[observed]`` are verified: a zone nobody looked at counts
+neither for nor against the thresholds.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .config import Config
+from .errors import ConfigError
+
+__all__ = ["Event", "EventTrace", "CycleTrace", "load_event", "load_events", "event_config"]
+
+
+def _aware(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("give a time zone, e.g. 2025-11-14T06:00:00Z")
+    return value.astimezone(timezone.utc)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EventSource(_Model):
+    path: Path
+    pattern: str | None = None
+
+
+class EventSources(_Model):
+    forecast: EventSource | None = None
+    gauges: EventSource | None = None
+
+
+class Event(_Model):
+    name: str
+    start: datetime
+    end: datetime
+    description: str = ""
+    zones: list[str] = Field(default_factory=list)
+    tolerance_minutes: float = Field(default=60, ge=0)
+    sources: EventSources = EventSources()
+    observed: dict[str, list[datetime]] = Field(default_factory=dict)
+    #: folder of the event file (relative source paths are resolved against it)
+    base_dir: Path = Path(".")
+    file: Path | None = None
+
+    _aware_times = field_validator("start", "end")(_aware)
+
+    @field_validator("observed")
+    @classmethod
+    def _aware_onsets(cls, v: dict[str, list[datetime]]) -> dict[str, list[datetime]]:
+        return {zone: sorted(_aware(t) for t in times) for zone, times in v.items()}
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Event":
+        if self.end <= self.start:
+            raise ValueError(f"end ({self.end:%Y-%m-%d %H:%M}Z) must come after start "
+                             f"({self.start:%Y-%m-%d %H:%M}Z)")
+        return self
+
+    @property
+    def slug(self) -> str:
+        stem = self.file.stem if self.file is not None else self.name
+        return re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-").lower() or "event"
+
+    @property
+    def tolerance(self) -> timedelta:
+        return timedelta(minutes=self.tolerance_minutes)
+
+    def path(self, p: Path | str) -> Path:
+        p = Path(p)
+        return p if p.is_absolute() else (self.base_dir / p).resolve()
+
+    def verified_zones(self, cfg: Config) -> list[str]:
+        """Zones whose warnings are scored: those with observations (and, if the event
+        names zones, among those)."""
+        codes = [z.code for z in cfg.zones]
+        chosen = self.zones or codes
+        return [z for z in codes if z in chosen and z in self.observed]
+
+
+def load_event(path: str | Path, cfg: Config | None = None) -> Event:
+    """Read and check an event file; with ``cfg``, also check its zones and sources."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"event file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", source=str(path)) from None
+    raw["base_dir"] = path.resolve().parent
+    raw["file"] = path.resolve()
+    try:
+        event = Event.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key (check its spelling)"
+            problems.append(f"{loc}: {msg}")
+        raise ConfigError(problems, source=str(path)) from None
+    if cfg is not None:
+        problems = []
+        codes = {z.code for z in cfg.zones}
+        for zone in [*event.zones, *event.observed]:
+            if zone not in codes:
+                problems.append(f"zone {zone!r} is not a zone of {cfg.site.code} "
+                                f"(known: {', '.join(sorted(codes))})")
+        for name in ("forecast", "gauges"):
+            src = getattr(event.sources, name)
+            if src is not None and not event.path(src.path).exists():
+                problems.append(f"sources.{name}.path: not found: {event.path(src.path)}")
+        if event.sources.gauges is not None and cfg.sources.gauges is None:
+            problems.append("sources.gauges: the site has no gauge source to replace")
+        if problems:
+            raise ConfigError(problems, source=str(path))
+    return event
+
+
+def load_events(folder: str | Path, cfg: Config | None = None) -> list[Event]:
+    """Every ``*.toml`` event file in ``folder``, by file name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError(f"not a folder of event files: {folder}")
+    files = sorted(folder.glob("*.toml"))
+    if not files:
+        raise ConfigError(f"no event files (*.toml) in {folder}")
+    return [load_event(f, cfg) for f in files]
+
+
+def event_config(cfg: Config, event: Event, output_dir: Path, **service: Any) -> Config:
+    """The site's config as a replay of ``event`` sees it: the event's archived sources,
+    its own output folder and database (a replay never touches the live state), and the
+    service settings given (clock, speed)."""
+    sources = cfg.sources
+    if event.sources.forecast is not None:
+        upd = {"path": event.path(event.sources.forecast.path), "url": None}
+        if event.sources.forecast.pattern:
+            upd["pattern"] = event.sources.forecast.pattern
+        sources = sources.model_copy(update={"forecast": sources.forecast.model_copy(update=upd)})
+    if event.sources.gauges is not None:
+        sources = sources.model_copy(update={"gauges": sources.gauges.model_copy(
+            update={"path": event.path(event.sources.gauges.path)})})
+    site = cfg.site.model_copy(update={"output_dir": output_dir.resolve()})
+    sv = cfg.service.model_copy(update={"simulate_from": event.start, "operator_phones": [], **service})
+    db = f"sqlite:///{output_dir.resolve() / 'replay.sqlite'}"
+    return cfg.model_copy(update={"sources": sources, "site": site, "service": sv, "database_url": db})
+
+
+@dataclass
+class CycleTrace:
+    """One replayed cycle: its time, the zone metrics and the decisions taken."""
+
+    at: datetime
+    run_id: str
+    forecast_file: str
+    metrics: dict[str, dict[str, float]]
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class EventTrace:
+    """What a replay of one event produced, in cycle order (input of reports and tuning)."""
+
+    event: Event
+    cycles: list[CycleTrace] = field(default_factory=list)
