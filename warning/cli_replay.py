@@ -116,7 +116,8 @@ def replay(event_file: Annotated[Path, typer.Argument(help="event file (TOML) de
 
         store = Store(res.config.db_url)
         try:
-            files = build_report(res.config, store, event, scope=res.scope, trace=res.trace, out_dir=res.out_dir)
+            files = build_report(res.config, store, event, scope=res.scope, trace=res.trace, out_dir=res.out_dir,
+                                 config_file=config)
         finally:
             store.dispose()
         console.print(f"report: {files.html}\n        {files.json}")
