@@ -210,7 +210,10 @@ def _normalise(context: Mapping[str, Any], language: str) -> dict[str, Any]:
     if isinstance(peak_time, datetime):
         ctx["peak_time"] = format_sms_time(peak_time, language)
     depth = ctx.pop("peak_depth_m", None)
-    if ctx.get("peak_depth") is None and depth is not None and math.isfinite(float(depth)):
+    # a forecast of no flooding says nothing about the peak (a level raised on an observed
+    # river level, say): leave the depth out rather than text "peak depth 0.00 m"
+    if ctx.get("peak_depth") is None and depth is not None and math.isfinite(float(depth)) \
+            and float(depth) > 0:
         ctx["peak_depth"] = format_depth(float(depth), language)
     return ctx
 

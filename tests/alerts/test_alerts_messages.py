@@ -242,6 +242,19 @@ def test_sms_context_for_an_all_clear_explains_the_old_level():
     assert "Why: forecast peak depth 0.10 m < 0.50 m" in body
 
 
+def test_no_peak_depth_when_the_forecast_shows_no_flooding():
+    """A level raised on an observed river level with a dry forecast: the SMS gives no
+    "peak depth 0.00 m"."""
+    decision = decide(ZoneState(), {"peak_depth_m": 0.0, "observed_stage_m": 2.6}, T0, LEVELS, ZonePolicy())
+    assert decision.action == "raise"
+    dry = render_sms("raise", "en", sms_context(decision, LEVELS, zone_name="Riverside", link=LINK,
+                                                 peak_depth_m=0.0))
+    wet = render_sms("raise", "en", sms_context(decision, LEVELS, zone_name="Riverside", link=LINK,
+                                                 peak_depth_m=0.4))
+    assert "0.4 m" in wet and "peak depth" in wet.lower()
+    assert "0 m" not in dry and "0.0" not in dry and "peak depth" not in dry.lower()
+
+
 def test_level_and_site_templates_override_the_action_template(tmp_path):
     """A site folder with sms/en/severe/raise.txt.j2 words the severe raise its own way;
     other levels and languages keep ours."""
