@@ -266,6 +266,7 @@ def serve(config: ConfigOpt,
 
 from . import cli_alerts  # noqa: E402,F401  (registers the subscribers/alerts/dispatch commands)
 from . import cli_replay  # noqa: E402,F401  (registers replay and tune)
+from . import cli_calibrate  # noqa: E402,F401  (registers the calibrate command)
 
 
 def main() -> None:  # pragma: no cover
