@@ -160,3 +160,145 @@ def _print_levels(res) -> None:
         table.add_row(zone, text, ver)
     console.print(table)
 
+
+
+# --------------------------------------------------------------------------- tune
+def _replay_event(config_path: str, event_path: str, out_dir: str, step_minutes: float):
+    """One event of a tuning catalogue, replayed as fast as possible (in a worker process)."""
+    from .config import load_config
+    from .events import load_event
+    from .replay import replay as run_replay
+
+    cfg = load_config(config_path)
+    event = load_event(event_path, cfg)
+    res = run_replay(cfg, event, step=timedelta(minutes=step_minutes), out_dir=Path(out_dir))
+    return res.trace, res.wall_seconds
+
+
+@app.command()
+@_friendly
+def tune(config: ConfigOpt,
+         events: Annotated[Path, typer.Option(help="folder of event files (*.toml) with observed flood onsets")],
+         goal: Annotated[str, typer.Option(help="what to optimise, e.g. 'maximise csi; far <= 0.3; lead >= 60' "
+                                                "(lead: median lead time, minutes)")] = "maximise csi",
+         zone: Annotated[list[str], typer.Option("--zone", "-z", help="zone to tune (repeat); default every "
+                                                                     "zone the events observe")] = [],
+         level: Annotated[list[str], typer.Option("--level", "-l", help="level to tune (repeat); default "
+                                                                       "every level")] = [],
+         metric: Annotated[str, typer.Option(help="criterion to vary, by metric; default each level's first "
+                                                  "forecast criterion")] = "",
+         candidates: Annotated[int, typer.Option(help="candidate thresholds per zone and level")] = 50,
+         workers: Annotated[int, typer.Option(help="processes (replays run in parallel across events)")]
+         = max(1, min(os.cpu_count() or 1, 2)),
+         step_minutes: Annotated[float, typer.Option(help="simulated minutes between polls in the "
+                                                          "replays")] = 15.0,
+         out: Annotated[Path | None, typer.Option(help="folder for the scores and the POD-FAR plot "
+                                                       "(default <output_dir>/tuning)")] = None,
+         write: Annotated[bool, typer.Option("--write", help="apply the recommended thresholds to the "
+                                                             "config file (default: only show the diff)")]
+         = False,
+         verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+    """Replay a catalogue of past storms once, score a grid of candidate thresholds per
+    zone and level (POD, FAR, CSI, lead times), and recommend thresholds for a goal.
+
+    The models do not depend on thresholds, so each event is replayed once and the
+    level decisions are re-run for every candidate. Prints the recommended changes as a
+    diff of the config file; writes nothing to it unless --write is given."""
+    import json
+    import multiprocessing
+    import time
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from .config import load_config
+    from .events import load_events
+    from .tuning import (Goal, TuningError, by_criterion, candidate_grid, config_diff, apply_changes, evaluate,
+                         pod_far_plot, recommendation, scores_table)
+
+    _setup_logging(verbose)
+    if workers < 1:
+        raise typer.BadParameter("--workers must be at least 1")
+    cfg = load_config(config)
+    _demo_key(cfg)
+    wanted = Goal.parse(goal)
+    catalog = load_events(events, cfg)
+    out_dir = (out or cfg.output_dir / "tuning").resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    zones = zone or [z.code for z in cfg.zones if any(z.code in e.verified_zones(cfg) for e in catalog)]
+    if not zones:
+        raise typer.BadParameter(f"none of the {len(catalog)} events observes a zone of this site "
+                                 "(list flood onsets under [observed])")
+    groups = [(z, lv.name) for z in zones for lv in cfg.levels if not level or lv.name in level]
+    console.print(f"tuning {len(groups)} zone-level pairs over {len(catalog)} events, goal: {wanted}")
+    # the terrain is prepared once, before the workers start (each would otherwise do it)
+    from .site import Site
+
+    with console.status("preparing terrain (cached after the first time)"):
+        Site.load(cfg).prepare()
+    t0 = time.perf_counter()
+    traces = {}
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=console) as bar:
+        rep = bar.add_task("replaying events", total=len(catalog))
+        if workers == 1 or len(catalog) == 1:
+            for e in catalog:
+                traces[e.file], _ = _replay_event(str(config), str(e.file), str(out_dir / "replays" / e.slug),
+                                                  step_minutes)
+                bar.advance(rep)
+        else:
+            # forkserver: the parent has Numba/OpenMP threads, which fork() would copy broken
+            with ProcessPoolExecutor(max_workers=min(workers, len(catalog)),
+                                     mp_context=multiprocessing.get_context("forkserver")) as pool:
+                futs = {pool.submit(_replay_event, str(config), str(e.file), str(out_dir / "replays" / e.slug),
+                                    step_minutes): e for e in catalog}
+                for f in as_completed(futs):
+                    traces[futs[f].file], _ = f.result()
+                    bar.advance(rep)
+        t_replay = time.perf_counter() - t0
+        ordered = [traces[e.file] for e in catalog]
+        score_task = bar.add_task("scoring candidates", total=len(groups))
+        all_scores, skipped = [], []
+        for z, lv in groups:
+            try:
+                cands = candidate_grid(ordered, cfg, z, lv, metric or None, n=candidates)
+                all_scores += evaluate(ordered, cfg, cands, workers=workers)
+            except TuningError as exc:
+                skipped.append(f"{z} {lv}: {exc}")
+            bar.advance(score_task)
+    t_score = time.perf_counter() - t0 - t_replay
+    table = Table("zone", "level", "criterion", "now: POD FAR CSI lead", "recommended", "then: POD FAR CSI lead",
+                  title=f"thresholds for: {wanted}")
+    chosen, notes = [], []
+
+    def fmt(s) -> str:
+        vals = [s.pod, s.far, s.csi]
+        text = " ".join("-" if v != v else f"{v:.2f}" for v in vals)
+        lead = s.median_lead_min
+        return text + (f" {_fmt_lead(lead)}" if lead == lead else " -")
+
+    for key, rows in by_criterion(all_scores).items():
+        z, lv, _idx, met, op, _ver = key
+        current = next((s for s in rows if s.candidate.value == s.candidate.current), None)
+        best, why = recommendation(rows, wanted)
+        if best is None:
+            table.add_row(z, lv, f"{met} {op}", fmt(current) if current else "-", "none", why)
+            continue
+        if best.candidate.value != best.candidate.current:
+            chosen.append(best)
+        table.add_row(z, lv, f"{met} {op} {best.candidate.current:g}", fmt(current) if current else "-",
+                      f"{best.candidate.value:g}", fmt(best))
+        notes.append(why)
+    console.print(table)
+    for s in skipped:
+        console.print(f"[yellow]skipped[/] {s}")
+    (out_dir / "scores.json").write_text(json.dumps({"goal": str(wanted), "events": [str(e.file) for e in catalog],
+                                                     "scores": scores_table(all_scores)}, indent=1))
+    plot = pod_far_plot(all_scores, out_dir / "pod_far.png", recommended=chosen) if all_scores else None
+    console.print(f"replays {t_replay:.1f} s, scoring {len(all_scores)} candidates {t_score:.1f} s "
+                  f"({workers} process{'es' if workers > 1 else ''})")
+    console.print(f"scores: {out_dir / 'scores.json'}" + (f"\nPOD-FAR plot: {plot}" if plot else ""))
+    if not chosen:
+        console.print("the configured thresholds are already the best for this goal: nothing to change")
+        return
+    diff = apply_changes(config, chosen) if write else config_diff(config, chosen)
+    console.print(diff, markup=False, highlight=False)
+    console.print(f"written to {config}" if write else "nothing written (give --write to apply these changes)")

@@ -208,16 +208,18 @@ def replay(cfg: Config, event: Event, *, speed: float | None = None, drill: bool
         rcfg = rcfg.model_copy(update={"notices": rcfg.notices.model_copy(update={"status": "Test"})})
     store = Store(rcfg.db_url)
     roster = 0
-    live = Store(cfg.db_url)
-    try:
-        copy_operators(live, store)
-        if drill:
-            roster = copy_drill_roster(live, store)
-    finally:
-        live.dispose()
-        if roster == 0:
-            log.warning("the drill roster is empty: the drill will text no one "
-                        "(add numbers with 'floodwarn subscribers add --drill')")
+    live_url = cfg.db_url
+    if not live_url.startswith("sqlite:///") or Path(live_url.removeprefix("sqlite:///")).exists():
+        live = Store(live_url)  # the live database is only read: operators, drill roster
+        try:
+            copy_operators(live, store)
+            if drill:
+                roster = copy_drill_roster(live, store)
+        finally:
+            live.dispose()
+    if drill and roster == 0:
+        log.warning("the drill roster is empty: the drill will text no one "
+                    "(add numbers with 'floodwarn subscribers add --drill')")
     _share_terrain_cache(cfg.output_dir / "cache", out / "cache", cfg.site.code)
     clock = ReplayClock(event.start)
     svc = Service(rcfg, clock=clock, store=store, drill=cfg.drill.name if drill else None)

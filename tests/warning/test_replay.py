@@ -226,3 +226,20 @@ def _town_lead(data) -> float:
     first = rows[0] if isinstance(rows, list) else next(iter(rows.values()))
     assert first["hits"] == 1
     return float(first["lead_times_min"][0])
+
+
+def test_tuner_decisions_at_the_configured_thresholds_match_the_replay(storm, site):
+    """The tuner re-runs only the decision state machine over the recorded metrics: at the
+    configured thresholds it must reproduce the levels the replay itself decided."""
+    from warning.tuning import decisions_for
+
+    _root, cfg = site
+    _ev, first, _ = storm
+    for z in cfg.zones:
+        recorded, level = [], 0
+        for c in first.trace.cycles:
+            d = next(d for d in c.decisions if d["zone"] == z.code)
+            if d["level"] != level:
+                recorded.append((c.at, d["level"]))
+                level = d["level"]
+        assert decisions_for(first.trace, cfg, z.code) == recorded, z.code
