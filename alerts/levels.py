@@ -63,6 +63,10 @@ METRIC_LABELS: dict[str, dict[str, str]] = {
         "observed_stage_m": "observed river level",
         "observed_depth_m": "observed flood depth",
         "observed_flooded_share": "observed flooded share of the zone",
+        "observed_rise_m_per_h": "observed rise of the river",
+        "observed_discharge_m3s": "observed river flow",
+        "forecast_peak_discharge_m3s": "forecast peak river flow",
+        "depth_exceedance_probability": "chance of flooding across forecast runs",
     },
     "es": {
         "peak_depth_m": "profundidad máxima prevista",
@@ -74,6 +78,10 @@ METRIC_LABELS: dict[str, dict[str, str]] = {
         "observed_stage_m": "nivel observado del río",
         "observed_depth_m": "profundidad de agua observada",
         "observed_flooded_share": "parte de la zona inundada observada",
+        "observed_rise_m_per_h": "subida observada del río",
+        "observed_discharge_m3s": "caudal observado del río",
+        "forecast_peak_discharge_m3s": "caudal máximo previsto del río",
+        "depth_exceedance_probability": "probabilidad de inundación según los pronósticos",
     },
 }
 
@@ -130,12 +138,17 @@ def metric_label(metric: str, language: str = "en") -> str:
 def format_metric(metric: str, value: float, language: str = "en") -> str:
     """Format a metric value with the unit its name's suffix implies.
 
-    ``_m`` -> ``0.82 m``; ``_share`` / ``_probability`` (fractions 0-1) -> ``35%``;
+    ``_m`` -> ``0.82 m``; ``_m_per_h`` -> ``0.30 m/h``; ``_m3s`` -> ``38.5 m3/s``;
+    ``_share`` / ``_probability`` (fractions 0-1) -> ``35%``;
     ``_people`` -> ``1,200 people``; anything else -> the plain number.
     """
     comma = decimal_separator(language) == ","
     if metric.endswith("_m"):
         text = f"{value:.2f} m"
+    elif metric.endswith("_m_per_h"):
+        text = f"{value:.2f} m/h"
+    elif metric.endswith("_m3s"):
+        text = f"{value:.3g} m3/s"  # GSM-7 has no superscript 3
     elif metric.endswith(("_share", "_probability")):
         pct = value * 100.0
         text = f"{pct:.0f}%" if abs(pct) >= 1 or pct == 0 else f"{pct:.1f}%"

@@ -9,6 +9,7 @@ each row atomically so an overlapping dispatcher never sends twice.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -115,7 +116,7 @@ def decide_and_notify(site: Site, cfg: Config, store: Store, at: datetime,
                 alert = build_notice(
                     d, ZoneInfo(zone.code, zone.name, zone.polygons), level, chain, ctx,
                     identifier=identifier, expires=at + expiry,
-                    details={"peak_depth_m": round(metrics[zone.code]["forecast_peak_depth_m"], 2),
+                    details={"peak_depth_m": _finite(metrics[zone.code].get("forecast_peak_depth_m")),
                              "peak_time": det.get("peak_time") or "",
                              "onset": det.get("onset") or ""},
                     levels=levels)
@@ -154,7 +155,7 @@ def decide_and_notify(site: Site, cfg: Config, store: Store, at: datetime,
                             _d, _levels, zone_name=_zone.name, language=language,
                             link=notice_html_url(cfg.notices.web_base, _id),
                             peak_time=_det.get("peak_time"),
-                            peak_depth_m=metrics[_zone.code]["forecast_peak_depth_m"])
+                            peak_depth_m=metrics[_zone.code].get("forecast_peak_depth_m"))
                         return render_sms(_d.action, language, ctx_sms,
                                           max_segments=cfg.channels.max_segments,
                                           exercise_marker=cfg.drill.exercise_marker if drill else None,
@@ -172,6 +173,12 @@ def decide_and_notify(site: Site, cfg: Config, store: Store, at: datetime,
     if notices:
         refresh_public_feed(cfg, at)
     return out_decisions, notices, queued
+
+
+def _finite(v: float | None, digits: int = 2) -> float | str:
+    """A metric for a notice's details, or "" when there is none (a gauge site has no
+    forecast depth)."""
+    return round(float(v), digits) if v is not None and math.isfinite(float(v)) else ""
 
 
 def _clean(m: dict[str, float]) -> dict[str, float | None]:

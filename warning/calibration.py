@@ -714,7 +714,7 @@ def write_params(path: str | Path, result: CalibrationResult) -> Path:
     p = Path(path)
     meta: dict[str, Any] = {
         "model": "models.lumped (continuous SCS-CN store, Nash cascade + linear reservoir)",
-        "data": result.source,
+        "data": Path(result.source).name,  # the file, not the machine's path; the hash pins it
         "data_sha256": _sha256(result.source) or "",
         "time_zone": "UTC (assumed; not stated in the data)",
         "calibration_period": str(result.calibration_period),

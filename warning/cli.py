@@ -80,6 +80,10 @@ def prepare(config: ConfigOpt, force: bool = typer.Option(False, help="recompute
 
     _setup_logging(verbose)
     cfg = load_config(config)
+    if not cfg.has_grid:
+        console.print(f"{cfg.site.name} is a gauge site (no DEM): there is no terrain to prepare; "
+                      f"its {len(cfg.zones)} zones are warned from their gauges")
+        return
     with console.status("preparing terrain (fill, D8, accumulation, HAND, rating curves)"):
         t0 = time.perf_counter()
         site = Site.load(cfg)
@@ -113,13 +117,22 @@ def run(config: ConfigOpt,
     store = Store(cfg.db_url)
     res = run_cycle(site, cfg, store, Inputs(cfg), when, drill=drill or None,
                     channel=make_channel(cfg))
-    console.print(f"cycle {res.run_id}: forecast issued {res.forecast_issued:%Y-%m-%d %H:%M}Z "
-                  f"({res.forecast_file})")
-    table = Table("zone", "level", "action", "peak depth (m)", "why")
+    issued = f"{res.forecast_issued:%Y-%m-%d %H:%M}Z" if res.forecast_issued else "none"
+    if cfg.has_grid:
+        console.print(f"cycle {res.run_id}: forecast issued {issued} ({res.forecast_file})")
+        shown = {"forecast_peak_depth_m": "peak depth (m)"}
+    else:
+        console.print(f"cycle {res.run_id}: gauge readings up to {issued} ({res.forecast_file})")
+        shown = {k: label for k, label in (("observed_stage_m", "stage (m)"),
+                                           ("observed_discharge_m3s", "flow (m3/s)"),
+                                           ("forecast_peak_discharge_m3s", "forecast peak flow (m3/s)"))
+                 if any(k in m for m in res.metrics.values())}
+    table = Table("zone", "level", "action", *shown.values(), "why")
     for d in res.decisions:
         m = res.metrics[d["zone"]]
-        table.add_row(d["zone"], d["level_name"], d["action"], f"{m['forecast_peak_depth_m']:.2f}",
-                      "; ".join(d["reasons"][:2]))
+        values = [m.get(k, float("nan")) for k in shown]
+        table.add_row(d["zone"], d["level_name"], d["action"],
+                      *("-" if v != v else f"{v:.2f}" for v in values), "; ".join(d["reasons"][:2]))
     console.print(table)
     for p in res.problems:
         console.print(f"[yellow]data problem:[/] {p}")

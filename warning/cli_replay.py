@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from datetime import timedelta
@@ -15,9 +16,12 @@ from rich.table import Table
 from .cli import ConfigOpt, _friendly, _setup_logging, app, console
 
 
-def _demo_key(cfg) -> None:
-    """The demo site keeps its own key beside its database (as `floodwarn demo` does)."""
+@contextlib.contextmanager
+def _demo_key(cfg):
+    """The demo site keeps its own key beside its database (as `floodwarn demo` does), for
+    the command's duration."""
     if cfg.demo is None or os.environ.get("FLOODWARN_SECRET_KEY") or os.environ.get("FLOODWARN_SECRET_KEY_FILE"):
+        yield
         return
     key_file = cfg.output_dir / "demo-secret.key"
     if not key_file.exists():
@@ -27,6 +31,10 @@ def _demo_key(cfg) -> None:
         key_file.write_text(secrets.token_urlsafe(32) + "\n")
         key_file.chmod(0o600)
     os.environ["FLOODWARN_SECRET_KEY_FILE"] = str(key_file)
+    try:
+        yield
+    finally:
+        os.environ.pop("FLOODWARN_SECRET_KEY_FILE", None)
 
 
 def _fmt_lead(minutes: float) -> str:
@@ -73,63 +81,63 @@ def replay(event_file: Annotated[Path, typer.Argument(help="event file (TOML) de
     if speed < 0:
         raise typer.BadParameter("--speed must be positive")
     cfg = load_config(config)
-    _demo_key(cfg)
-    event = load_event(event_file, cfg)
-    pace = speed or None
-    console.print(f"[bold]{event.name}[/]: {event.start:%Y-%m-%d %H:%M}Z to {event.end:%Y-%m-%d %H:%M}Z, "
-                  f"{'drill ' + repr(cfg.drill.name) if drill else 'replay (no one is texted, CAP status Test)'}, "
-                  + (f"{pace:g}x real time" if pace else "as fast as possible"))
-    server = None
+    with _demo_key(cfg):
+        event = load_event(event_file, cfg)
+        pace = speed or None
+        console.print(f"[bold]{event.name}[/]: {event.start:%Y-%m-%d %H:%M}Z to {event.end:%Y-%m-%d %H:%M}Z, "
+                      f"{'drill ' + repr(cfg.drill.name) if drill else 'replay (no one is texted, CAP status Test)'}, "
+                      + (f"{pace:g}x real time" if pace else "as fast as possible"))
+        server = None
 
-    def attach(svc) -> None:
-        nonlocal server
-        if not web:
-            return
-        import uvicorn
+        def attach(svc) -> None:
+            nonlocal server
+            if not web:
+                return
+            import uvicorn
 
-        from .web import create_app
+            from .web import create_app
 
-        app_ = create_app(svc.cfg, store=svc.store, service=svc)
-        server = uvicorn.Server(uvicorn.Config(app_, host=host, port=port, log_level="warning"))
-        threading.Thread(target=server.run, name="replay-web", daemon=True).start()
-        console.print(f"console of the replay: http://{host}:{port}/console (sign in as a live operator); "
-                      f"public pages at http://{host}:{port}/")
+            app_ = create_app(svc.cfg, store=svc.store, service=svc)
+            server = uvicorn.Server(uvicorn.Config(app_, host=host, port=port, log_level="warning"))
+            threading.Thread(target=server.run, name="replay-web", daemon=True).start()
+            console.print(f"console of the replay: http://{host}:{port}/console (sign in as a live operator); "
+                          f"public pages at http://{host}:{port}/")
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[now]}"),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True) as bar:
-        task = bar.add_task("replaying", total=None, now="")
+        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[now]}"),
+                      TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True) as bar:
+            task = bar.add_task("replaying", total=None, now="")
 
-        def on_step(now, k, n) -> None:
-            bar.update(task, total=n, completed=k, now=f"{now:%d %b %H:%M}Z")
+            def on_step(now, k, n) -> None:
+                bar.update(task, total=n, completed=k, now=f"{now:%d %b %H:%M}Z")
 
-        res = run_replay(cfg, event, speed=pace, drill=drill, step=timedelta(minutes=step_minutes), out_dir=out,
-                         on_step=on_step, on_service=attach)
-    console.print(f"{res.cycles} forecast cycles over {res.simulated_hours:.0f} simulated hours in "
-                  f"{res.wall_seconds:.1f} s ({res.simulated_hours / max(res.wall_seconds, 1e-9):.2f} simulated "
-                  f"hours per second)")
-    _print_levels(res)
-    sent = ", ".join(f"{n} {state}" for state, n in sorted(res.messages.items())) or "none"
-    console.print(f"SMS: {sent}" + (f" (drill roster: {res.roster} numbers)" if drill else ""))
-    if report:
-        from .report import build_report
-        from .storage import Store
+            res = run_replay(cfg, event, speed=pace, drill=drill, step=timedelta(minutes=step_minutes), out_dir=out,
+                             on_step=on_step, on_service=attach)
+        console.print(f"{res.cycles} forecast cycles over {res.simulated_hours:.0f} simulated hours in "
+                      f"{res.wall_seconds:.1f} s ({res.simulated_hours / max(res.wall_seconds, 1e-9):.2f} simulated "
+                      f"hours per second)")
+        _print_levels(res)
+        sent = ", ".join(f"{n} {state}" for state, n in sorted(res.messages.items())) or "none"
+        console.print(f"SMS: {sent}" + (f" (drill roster: {res.roster} numbers)" if drill else ""))
+        if report:
+            from .report import build_report
+            from .storage import Store
 
-        store = Store(res.config.db_url)
-        try:
-            files = build_report(res.config, store, event, scope=res.scope, trace=res.trace, out_dir=res.out_dir,
-                                 config_file=config)
-        finally:
-            store.dispose()
-        console.print(f"report: {files.html}\n        {files.json}")
-    console.print(f"everything the replay wrote: {res.out_dir}")
-    if server is not None:
-        if linger:
-            console.print("the console stays up; Ctrl-C to stop")
+            store = Store(res.config.db_url)
             try:
-                threading.Event().wait()
-            except KeyboardInterrupt:
-                pass
-        server.should_exit = True
+                files = build_report(res.config, store, event, scope=res.scope, trace=res.trace, out_dir=res.out_dir,
+                                     config_file=config)
+            finally:
+                store.dispose()
+            console.print(f"report: {files.html}\n        {files.json}")
+        console.print(f"everything the replay wrote: {res.out_dir}")
+        if server is not None:
+            if linger:
+                console.print("the console stays up; Ctrl-C to stop")
+                try:
+                    threading.Event().wait()
+                except KeyboardInterrupt:
+                    pass
+            server.should_exit = True
 
 
 def _print_levels(res) -> None:
@@ -211,94 +219,94 @@ def tune(config: ConfigOpt,
 
     from .config import load_config
     from .events import load_events
-    from .tuning import (Goal, TuningError, by_criterion, candidate_grid, config_diff, apply_changes, evaluate,
+    from .tuning import (Goal, TuningError, apply_changes, by_criterion, candidate_grid, config_diff, evaluate,
                          pod_far_plot, recommendation, scores_table)
 
     _setup_logging(verbose)
     if workers < 1:
         raise typer.BadParameter("--workers must be at least 1")
     cfg = load_config(config)
-    _demo_key(cfg)
-    wanted = Goal.parse(goal)
-    catalog = load_events(events, cfg)
-    out_dir = (out or cfg.output_dir / "tuning").resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    zones = zone or [z.code for z in cfg.zones if any(z.code in e.verified_zones(cfg) for e in catalog)]
-    if not zones:
-        raise typer.BadParameter(f"none of the {len(catalog)} events observes a zone of this site "
-                                 "(list flood onsets under [observed])")
-    groups = [(z, lv.name) for z in zones for lv in cfg.levels if not level or lv.name in level]
-    console.print(f"tuning {len(groups)} zone-level pairs over {len(catalog)} events, goal: {wanted}")
-    # the terrain is prepared once, before the workers start (each would otherwise do it)
-    from .site import Site
+    with _demo_key(cfg):
+        wanted = Goal.parse(goal)
+        catalog = load_events(events, cfg)
+        out_dir = (out or cfg.output_dir / "tuning").resolve()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        zones = zone or [z.code for z in cfg.zones if any(z.code in e.verified_zones(cfg) for e in catalog)]
+        if not zones:
+            raise typer.BadParameter(f"none of the {len(catalog)} events observes a zone of this site "
+                                     "(list flood onsets under [observed])")
+        groups = [(z, lv.name) for z in zones for lv in cfg.levels if not level or lv.name in level]
+        console.print(f"tuning {len(groups)} zone-level pairs over {len(catalog)} events, goal: {wanted}")
+        # the terrain is prepared once, before the workers start (each would otherwise do it)
+        from .site import Site
 
-    with console.status("preparing terrain (cached after the first time)"):
-        Site.load(cfg).prepare()
-    t0 = time.perf_counter()
-    traces = {}
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=console) as bar:
-        rep = bar.add_task("replaying events", total=len(catalog))
-        if workers == 1 or len(catalog) == 1:
-            for e in catalog:
-                traces[e.file], _ = _replay_event(str(config), str(e.file), str(out_dir / "replays" / e.slug),
-                                                  step_minutes)
-                bar.advance(rep)
-        else:
-            # forkserver: the parent has Numba/OpenMP threads, which fork() would copy broken
-            with ProcessPoolExecutor(max_workers=min(workers, len(catalog)),
-                                     mp_context=multiprocessing.get_context("forkserver")) as pool:
-                futs = {pool.submit(_replay_event, str(config), str(e.file), str(out_dir / "replays" / e.slug),
-                                    step_minutes): e for e in catalog}
-                for f in as_completed(futs):
-                    traces[futs[f].file], _ = f.result()
+        with console.status("preparing terrain (cached after the first time)"):
+            Site.load(cfg).prepare()
+        t0 = time.perf_counter()
+        traces = {}
+        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                      TimeElapsedColumn(), TimeRemainingColumn(), console=console) as bar:
+            rep = bar.add_task("replaying events", total=len(catalog))
+            if workers == 1 or len(catalog) == 1:
+                for e in catalog:
+                    traces[e.file], _ = _replay_event(str(config), str(e.file), str(out_dir / "replays" / e.slug),
+                                                      step_minutes)
                     bar.advance(rep)
-        t_replay = time.perf_counter() - t0
-        ordered = [traces[e.file] for e in catalog]
-        score_task = bar.add_task("scoring candidates", total=len(groups))
-        all_scores, skipped = [], []
-        for z, lv in groups:
-            try:
-                cands = candidate_grid(ordered, cfg, z, lv, metric or None, n=candidates)
-                all_scores += evaluate(ordered, cfg, cands, workers=workers)
-            except TuningError as exc:
-                skipped.append(f"{z} {lv}: {exc}")
-            bar.advance(score_task)
-    t_score = time.perf_counter() - t0 - t_replay
-    table = Table("zone", "level", "criterion", "now: POD FAR CSI lead", "recommended", "then: POD FAR CSI lead",
-                  title=f"thresholds for: {wanted}")
-    chosen, notes = [], []
+            else:
+                # forkserver: the parent has Numba/OpenMP threads, which fork() would copy broken
+                with ProcessPoolExecutor(max_workers=min(workers, len(catalog)),
+                                         mp_context=multiprocessing.get_context("forkserver")) as pool:
+                    futs = {pool.submit(_replay_event, str(config), str(e.file), str(out_dir / "replays" / e.slug),
+                                        step_minutes): e for e in catalog}
+                    for f in as_completed(futs):
+                        traces[futs[f].file], _ = f.result()
+                        bar.advance(rep)
+            t_replay = time.perf_counter() - t0
+            ordered = [traces[e.file] for e in catalog]
+            score_task = bar.add_task("scoring candidates", total=len(groups))
+            all_scores, skipped = [], []
+            for z, lv in groups:
+                try:
+                    cands = candidate_grid(ordered, cfg, z, lv, metric or None, n=candidates)
+                    all_scores += evaluate(ordered, cfg, cands, workers=workers)
+                except TuningError as exc:
+                    skipped.append(f"{z} {lv}: {exc}")
+                bar.advance(score_task)
+        t_score = time.perf_counter() - t0 - t_replay
+        table = Table("zone", "level", "criterion", "now: POD FAR CSI lead", "recommended", "then: POD FAR CSI lead",
+                      title=f"thresholds for: {wanted}")
+        chosen, notes = [], []
 
-    def fmt(s) -> str:
-        vals = [s.pod, s.far, s.csi]
-        text = " ".join("-" if v != v else f"{v:.2f}" for v in vals)
-        lead = s.median_lead_min
-        return text + (f" {_fmt_lead(lead)}" if lead == lead else " -")
+        def fmt(s) -> str:
+            vals = [s.pod, s.far, s.csi]
+            text = " ".join("-" if v != v else f"{v:.2f}" for v in vals)
+            lead = s.median_lead_min
+            return text + (f" {_fmt_lead(lead)}" if lead == lead else " -")
 
-    for key, rows in by_criterion(all_scores).items():
-        z, lv, _idx, met, op, _ver = key
-        current = next((s for s in rows if s.candidate.value == s.candidate.current), None)
-        best, why = recommendation(rows, wanted)
-        if best is None:
-            table.add_row(z, lv, f"{met} {op}", fmt(current) if current else "-", "none", why)
-            continue
-        if best.candidate.value != best.candidate.current:
-            chosen.append(best)
-        table.add_row(z, lv, f"{met} {op} {best.candidate.current:g}", fmt(current) if current else "-",
-                      f"{best.candidate.value:g}", fmt(best))
-        notes.append(why)
-    console.print(table)
-    for s in skipped:
-        console.print(f"[yellow]skipped[/] {s}")
-    (out_dir / "scores.json").write_text(json.dumps({"goal": str(wanted), "events": [str(e.file) for e in catalog],
-                                                     "scores": scores_table(all_scores)}, indent=1))
-    plot = pod_far_plot(all_scores, out_dir / "pod_far.png", recommended=chosen) if all_scores else None
-    console.print(f"replays {t_replay:.1f} s, scoring {len(all_scores)} candidates {t_score:.1f} s "
-                  f"({workers} process{'es' if workers > 1 else ''})")
-    console.print(f"scores: {out_dir / 'scores.json'}" + (f"\nPOD-FAR plot: {plot}" if plot else ""))
-    if not chosen:
-        console.print("the configured thresholds are already the best for this goal: nothing to change")
-        return
-    diff = apply_changes(config, chosen) if write else config_diff(config, chosen)
-    console.print(diff, markup=False, highlight=False)
-    console.print(f"written to {config}" if write else "nothing written (give --write to apply these changes)")
+        for key, rows in by_criterion(all_scores).items():
+            z, lv, _idx, met, op, _ver = key
+            current = next((s for s in rows if s.candidate.value == s.candidate.current), None)
+            best, why = recommendation(rows, wanted)
+            if best is None:
+                table.add_row(z, lv, f"{met} {op}", fmt(current) if current else "-", "none", why)
+                continue
+            if best.candidate.value != best.candidate.current:
+                chosen.append(best)
+            table.add_row(z, lv, f"{met} {op} {best.candidate.current:g}", fmt(current) if current else "-",
+                          f"{best.candidate.value:g}", fmt(best))
+            notes.append(why)
+        console.print(table)
+        for s in skipped:
+            console.print(f"[yellow]skipped[/] {s}")
+        (out_dir / "scores.json").write_text(json.dumps({"goal": str(wanted), "events": [str(e.file) for e in catalog],
+                                                         "scores": scores_table(all_scores)}, indent=1))
+        plot = pod_far_plot(all_scores, out_dir / "pod_far.png", recommended=chosen) if all_scores else None
+        console.print(f"replays {t_replay:.1f} s, scoring {len(all_scores)} candidates {t_score:.1f} s "
+                      f"({workers} process{'es' if workers > 1 else ''})")
+        console.print(f"scores: {out_dir / 'scores.json'}" + (f"\nPOD-FAR plot: {plot}" if plot else ""))
+        if not chosen:
+            console.print("the configured thresholds are already the best for this goal: nothing to change")
+            return
+        diff = apply_changes(config, chosen) if write else config_diff(config, chosen)
+        console.print(diff, markup=False, highlight=False)
+        console.print(f"written to {config}" if write else "nothing written (give --write to apply these changes)")

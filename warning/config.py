@@ -5,6 +5,12 @@
 Relative paths in the file are relative to the file's own folder. Secrets never live
 here: Twilio credentials and the subscriber key come from the environment
 (``warning.secrets``).
+
+A site with a DEM (``site.dem``) is a *grid site*: rainfall forecasts run through the
+terrain, runoff, routing and inundation models. A site without one is a *gauge site*:
+its zones are warned from their gauges' readings (stage, rate of rise, discharge) and,
+where ``[model.lumped]`` is given, a lumped rainfall-runoff forecast of discharge; it has
+no rainfall forecast source and every zone names a gauge.
 """
 
 from __future__ import annotations
@@ -30,13 +36,21 @@ METRICS = {
     "forecast_stage_m": "highest forecast stage at the zone's gauge (ensemble median), m above gauge zero",
     "observed_stage_m": "latest good observed stage at the zone's gauge, m above gauge zero",
     "observed_rise_m_per_h": "observed rate of rise at the zone's gauge over the last hour, m/h",
+    "observed_discharge_m3s": "latest good observed discharge at the zone's gauge, m3/s (gauge sites)",
+    "forecast_peak_discharge_m3s": "highest discharge the lumped model forecasts at the zone's gauge "
+                                   "over the horizon, m3/s (gauge sites with [model.lumped])",
 }
+#: metrics only the grid models give (a gauge site cannot use them)
+GRID_METRICS = frozenset({"forecast_peak_depth_m", "flooded_share", "depth_exceedance_probability",
+                          "forecast_stage_m"})
+#: metrics only the gauge cycle gives (a grid site cannot use them)
+GAUGE_SITE_METRICS = frozenset({"observed_discharge_m3s", "forecast_peak_discharge_m3s"})
 CAP_SEVERITY = ("Extreme", "Severe", "Moderate", "Minor", "Unknown")
 CAP_URGENCY = ("Immediate", "Expected", "Future", "Past", "Unknown")
 CAP_CERTAINTY = ("Observed", "Likely", "Possible", "Unlikely", "Unknown")
 CAP_RESPONSE = ("Shelter", "Evacuate", "Prepare", "Execute", "Avoid", "Monitor", "Assess",
                 "AllClear", "None")
-_CRITERION = re.compile(r"^\s*([a-z_]+)\s*(>=|<=|>|<)\s*([-+0-9.eE]+)\s*$")
+_CRITERION = re.compile(r"^\s*([a-z_][a-z0-9_]*)\s*(>=|<=|>|<)\s*([-+0-9.eE]+)\s*$")
 
 
 class _Model(BaseModel):
@@ -52,7 +66,8 @@ def _utc(value: datetime) -> datetime:
 class SiteConfig(_Model):
     name: str
     code: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    dem: Path
+    #: the site's DEM; without one the site is a gauge site (warned from its gauges)
+    dem: Path | None = None
     curve_number: Path | None = None
     curve_number_constant: float | None = Field(default=None, gt=0, le=100)
     zones: Path
@@ -60,6 +75,11 @@ class SiteConfig(_Model):
 
     @model_validator(mode="after")
     def _one_cn(self) -> "SiteConfig":
+        if self.dem is None:
+            if self.curve_number is not None or self.curve_number_constant is not None:
+                raise ValueError("curve_number and curve_number_constant are used with a DEM only; "
+                                 "a gauge site (no dem) has no grid: remove them, or give dem")
+            return self
         if (self.curve_number is None) == (self.curve_number_constant is None):
             raise ValueError("give exactly one of curve_number (a grid file) or curve_number_constant")
         return self
@@ -84,8 +104,10 @@ class GaugeConfig(_Model):
     name: str
     lon: float = Field(ge=-180, le=180)
     lat: float = Field(ge=-90, le=90)
-    datum_m: float = Field(description="elevation of the gauge zero above the DEM's datum, m")
-    flood_stages: FloodStages
+    #: elevation of the gauge zero above the DEM's datum, m (grid sites; unused without a DEM)
+    datum_m: float | None = None
+    #: m above gauge zero (required on grid sites; a gauge site's discharge-only gauge has none)
+    flood_stages: FloodStages | None = None
     valid_range_m: tuple[float, float] = (-1.0, 20.0)
 
 
@@ -148,8 +170,39 @@ class GaugeSourceConfig(_Model):
 
 
 class SourcesConfig(_Model):
-    forecast: ForecastSourceConfig
+    #: gridded rainfall forecasts (grid sites); a gauge site has none
+    forecast: ForecastSourceConfig | None = None
     gauges: GaugeSourceConfig | None = None
+
+
+class LumpedModelConfig(_Model):
+    """The lumped rainfall-runoff forecast of a gauge site (``models.lumped``).
+
+    Each cycle the model starts ``warmup_days`` before the cycle time (soil store at its
+    threshold, base flow = the first good observed discharge), runs on the rain and
+    potential evaporation observed at the zone's gauge up to the cycle time, then
+    ``horizon_hours`` further with **no rain** (a gauge site has no rain forecast) and the
+    last day's evaporation repeated. Its highest discharge after the cycle time is the
+    zone metric ``forecast_peak_discharge_m3s``.
+    """
+
+    #: parameters of models.lumped.LumpedParams by name (s_mm, sa_mm, lp, tau_perc_h,
+    #: quick_fraction, n_quick, k_quick_h, k_slow_h) ...
+    params: dict[str, float] | None = None
+    #: ... or a parameter file written by `floodwarn calibrate --write` (TOML or JSON)
+    params_file: Path | None = None
+    #: catchment area above the gauge, km2 (turns the model's mm/h into m3/s); default: the
+    #: gauge source's area_km2 setting (the peq source's default is 6.5 km2, Hupsel Brook)
+    area_km2: float | None = Field(default=None, gt=0)
+    warmup_days: float = Field(default=90, gt=0)
+    horizon_hours: float = Field(default=24, gt=0)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "LumpedModelConfig":
+        if (self.params is None) == (self.params_file is None):
+            raise ValueError("give exactly one of params = { s_mm = ..., ... } or params_file "
+                             "(written by floodwarn calibrate --write)")
+        return self
 
 
 class ModelConfig(_Model):
@@ -173,6 +226,8 @@ class ModelConfig(_Model):
     antecedent_moisture: Literal["I", "II", "III"] = "II"
     flooded_depth_m: float = Field(default=0.15, gt=0)
     probability_depth_m: float = Field(default=0.3, gt=0)
+    #: gauge sites: a lumped rainfall-runoff forecast of discharge at each zone's gauge
+    lumped: LumpedModelConfig | None = None
 
 
 class LevelConfig(_Model):
@@ -338,7 +393,7 @@ class ServiceConfig(_Model):
 class Config(_Model):
     site: SiteConfig
     gauges: list[GaugeConfig] = Field(default_factory=list)
-    sources: SourcesConfig
+    sources: SourcesConfig = SourcesConfig()
     model: ModelConfig = ModelConfig()
     levels: list[LevelConfig]
     policy: PolicyConfig = PolicyConfig()
@@ -354,6 +409,11 @@ class Config(_Model):
     base_dir: Path = Path(".")
 
     # ------------------------------------------------------------------ derived views
+    @property
+    def has_grid(self) -> bool:
+        """A grid site (it has a DEM); otherwise a gauge site."""
+        return self.site.dem is not None
+
     def path(self, p: Path | str) -> Path:
         p = Path(p)
         return p if p.is_absolute() else (self.base_dir / p).resolve()
@@ -416,7 +476,9 @@ def _semantic_problems(cfg: Config) -> list[str]:
     need_file("site.curve_number", cfg.site.curve_number)
     need_file("site.zones", cfg.site.zones)
     fc = cfg.sources.forecast
-    need_file("sources.forecast.path", fc.path, folder=cfg.path(fc.path).suffix == "")
+    if fc is not None:
+        need_file("sources.forecast.path", fc.path, folder=cfg.path(fc.path).suffix == "")
+    problems += _site_kind_problems(cfg)
     if cfg.sources.gauges is not None and cfg.sources.gauges.path is not None:
         need_file("sources.gauges.path", cfg.sources.gauges.path)
     need_file("subscribers.import_csv", cfg.subscribers.import_csv)
@@ -457,7 +519,7 @@ def _semantic_problems(cfg: Config) -> list[str]:
                 problems.append(f"zones[{i}].thresholds.{name}: no such level; levels: "
                                 f"{', '.join(level_names)}")
             uses_gauge = any(c.metric.startswith(("observed_", "forecast_stage"))
-                             for c in th.criteria())
+                             or c.metric in GAUGE_SITE_METRICS for c in th.criteria())
             if uses_gauge and z.gauge is None:
                 problems.append(f"zones[{i}].thresholds.{name}: uses a gauge metric but the zone "
                                 f"has no gauge")
@@ -465,6 +527,92 @@ def _semantic_problems(cfg: Config) -> list[str]:
             problems.append(f"zones[{i}].thresholds: give criteria for at least one level")
     if cfg.demo is not None and cfg.demo.end <= cfg.demo.start:
         problems.append("demo.end: must be after demo.start")
+    return problems
+
+
+def _site_kind_problems(cfg: Config) -> list[str]:
+    """What a grid site needs (a forecast, placed gauges) and what a gauge site needs (a
+    gauge source, a gauge for every zone, gauge metrics only)."""
+    problems: list[str] = []
+    if cfg.has_grid:
+        if cfg.sources.forecast is None:
+            problems.append("sources.forecast: a site with a DEM (site.dem) needs a rainfall forecast "
+                            "source; or remove site.dem to make it a gauge site")
+        for i, g in enumerate(cfg.gauges):
+            if g.datum_m is None:
+                problems.append(f"gauges[{i}].datum_m: give the elevation of gauge {g.id!r}'s zero "
+                                f"above the DEM's datum (m); a site with a DEM needs it")
+            if g.flood_stages is None:
+                problems.append(f"gauges[{i}].flood_stages: give gauge {g.id!r}'s flood stages "
+                                f"(at least minor, m above gauge zero)")
+        for i, z in enumerate(cfg.zones):
+            for name, th in z.thresholds.items():
+                for c in th.criteria():
+                    if c.metric in GAUGE_SITE_METRICS:
+                        problems.append(f"zones[{i}].thresholds.{name}: {c.metric} is computed on gauge "
+                                        f"sites (no site.dem) only")
+        if cfg.model.lumped is not None:
+            problems.append("model.lumped: the lumped model runs on gauge sites (no site.dem) only")
+        return problems
+    if cfg.sources.forecast is not None:
+        problems.append("sources.forecast: a gauge site (no site.dem) has no grid to put a rainfall "
+                        "forecast on; remove [sources.forecast], or give site.dem")
+    if cfg.sources.gauges is None:
+        problems.append("sources.gauges: a gauge site (no site.dem) is warned from its gauges; "
+                        "give [sources.gauges]")
+    problems += _lumped_problems(cfg)
+    gauge_metrics = sorted(set(METRICS) - GRID_METRICS)
+    for i, z in enumerate(cfg.zones):
+        if z.gauge is None:
+            problems.append(f"zones[{i}].gauge: zone {z.code!r} needs a gauge: on a gauge site "
+                            f"(no site.dem) every zone is warned from its gauge")
+        for name, th in z.thresholds.items():
+            for c in th.criteria():
+                if c.metric in GRID_METRICS:
+                    problems.append(f"zones[{i}].thresholds.{name}: {c.metric} needs the grid models "
+                                    f"(site.dem); a gauge site has {', '.join(gauge_metrics)}")
+                if c.metric == "forecast_peak_discharge_m3s" and cfg.model.lumped is None:
+                    problems.append(f"zones[{i}].thresholds.{name}: forecast_peak_discharge_m3s needs "
+                                    f"a lumped model: give [model.lumped]")
+    return problems
+
+
+def _lumped_problems(cfg: Config) -> list[str]:
+    """The lumped model's parameters (readable and valid) and its catchment area."""
+    lm = cfg.model.lumped
+    if lm is None:
+        return []
+    from models.errors import ModelError
+    from models.lumped import LumpedParams
+
+    from .errors import IngestError
+
+    problems: list[str] = []
+    if lm.params is not None:
+        try:
+            LumpedParams.from_dict(dict(lm.params))
+        except (ModelError, TypeError) as exc:
+            problems.append(f"model.lumped.params: {exc}")
+    elif lm.params_file is not None:
+        full = cfg.path(lm.params_file)
+        if not full.is_file():
+            problems.append(f"model.lumped.params_file: file not found: {full}")
+        else:
+            from .calibration import read_params
+
+            try:
+                read_params(full)
+            except (IngestError, ModelError) as exc:
+                problems.append(f"model.lumped.params_file: {exc}")
+    gs = cfg.sources.gauges
+    source_area = gs.settings.get("area_km2") if gs is not None else None
+    if lm.area_km2 is None and source_area is None and (gs is None or gs.kind != "peq"):
+        problems.append("model.lumped.area_km2: give the catchment area above the gauge (km2); the "
+                        "model's discharge is in mm/h over the catchment")
+    if lm.area_km2 is not None and source_area is not None and float(source_area) != lm.area_km2:
+        problems.append(f"model.lumped.area_km2: {lm.area_km2:g} km2 differs from "
+                        f"sources.gauges.settings.area_km2 = {source_area}; observed and forecast "
+                        f"discharge must use one area")
     return problems
 
 

@@ -105,7 +105,9 @@ def _session_key() -> bytes:
 # --------------------------------------------------------------------------- router
 def make_console(cfg: Config, store: Store, *, site: Callable[[], Any] | None = None,
                  service: Any = None) -> APIRouter:
-    """The console's routes under ``/console``. ``site()`` gives the loaded Site (for the map)."""
+    """The console's routes under ``/console``. ``site()`` gives the loaded Site (for the map).
+    The console shows the scope of the service's cycles: live, or a drill being replayed."""
+    scope = f"drill:{service.drill}" if service is not None and getattr(service, "drill", None) else "live"
     from .alerting import publisher
     from .outbox import decide_approval, pending_approvals
 
@@ -163,7 +165,7 @@ def make_console(cfg: Config, store: Store, *, site: Callable[[], Any] | None = 
     def dashboard(request: Request) -> HTMLResponse:
         require(request)
         with store.session() as s:
-            states = {z.zone: z for z in s.scalars(select(ZoneStateRow).where(ZoneStateRow.scope == "live"))}
+            states = {z.zone: z for z in s.scalars(select(ZoneStateRow).where(ZoneStateRow.scope == scope))}
         zones = []
         names = _zone_names(cfg)
         for z in cfg.zones:
@@ -184,7 +186,7 @@ def make_console(cfg: Config, store: Store, *, site: Callable[[], Any] | None = 
         require(request)
         if site is None:
             raise HTTPException(404, "no site loaded")
-        return Response(_map_png(cfg, store, site(), by_rank), media_type="image/png",
+        return Response(_map_png(cfg, store, site(), by_rank, scope), media_type="image/png",
                         headers={"Cache-Control": "no-store"})
 
     @r.get("/approvals")
@@ -230,12 +232,12 @@ def make_console(cfg: Config, store: Store, *, site: Callable[[], Any] | None = 
         g = next((g for g in cfg.gauges if g.id == gauge_id), None)
         if g is None:
             raise HTTPException(404, f"no gauge {gauge_id}")
-        return Response(_hydrograph_png(cfg, g, service, store), media_type="image/png")
+        return Response(_hydrograph_png(cfg, g, service, store, scope), media_type="image/png")
 
     @r.get("/rain.png")
     def rain_png(request: Request) -> Response:
         require(request)
-        return Response(_rain_png(store), media_type="image/png", headers={"Cache-Control": "no-store"})
+        return Response(_rain_png(store, scope), media_type="image/png", headers={"Cache-Control": "no-store"})
 
     return r
 
@@ -266,11 +268,12 @@ def _feed_health(cfg: Config, service: Any) -> list[dict[str, str]]:
                     if st.last_cycle_at else "none yet", "state": st.last_error or "ok"})
         return out
     out = []
-    fc = cfg.path(cfg.sources.forecast.path)
-    files = sorted(fc.glob(cfg.sources.forecast.pattern)) if fc.is_dir() else []
-    newest = max(files, key=lambda p: p.stat().st_mtime) if files else None
-    out.append({"source": f"forecast ({cfg.sources.forecast.kind})", "latest": newest.name if newest else "none",
-                "state": "ok" if newest else "no data"})
+    if cfg.sources.forecast is not None:  # a gauge site has none
+        fc = cfg.path(cfg.sources.forecast.path)
+        files = sorted(fc.glob(cfg.sources.forecast.pattern)) if fc.is_dir() else []
+        newest = max(files, key=lambda p: p.stat().st_mtime) if files else None
+        out.append({"source": f"forecast ({cfg.sources.forecast.kind})", "latest": newest.name if newest else "none",
+                    "state": "ok" if newest else "no data"})
     if cfg.sources.gauges is not None and cfg.sources.gauges.path is not None:
         gp = cfg.path(cfg.sources.gauges.path)
         out.append({"source": f"gauges ({cfg.sources.gauges.kind})", "latest":
@@ -283,11 +286,25 @@ def _feed_health(cfg: Config, service: Any) -> list[dict[str, str]]:
     return out
 
 
-def _map_png(cfg: Config, store: Store, site: Any, by_rank: dict) -> bytes:
+def _map_png(cfg: Config, store: Store, site: Any, by_rank: dict, scope: str = "live") -> bytes:
     import numpy as np
     import rasterio
 
     from .maps import peak_depth_map
+
+    if not site.has_grid:  # a gauge site: no depth grid, a map of the zones would be empty
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 1.2), dpi=100)
+        ax.axis("off")
+        ax.text(0.5, 0.5, "gauge site: no flood-depth map (see the gauges below)", ha="center", va="center")
+        out = io.BytesIO()
+        fig.savefig(out, format="png")
+        plt.close(fig)
+        return out.getvalue()
 
     depth_dir = cfg.output_dir / "depth"
     files = sorted(depth_dir.glob("peak_depth_*.tif")) if depth_dir.is_dir() else []
@@ -299,7 +316,7 @@ def _map_png(cfg: Config, store: Store, site: Any, by_rank: dict) -> bytes:
         depth = np.zeros((site.ny, site.nx), dtype="float32")
         title = "no forecast yet"
     with store.session() as s:
-        states = {z.zone: z.level for z in s.scalars(select(ZoneStateRow).where(ZoneStateRow.scope == "live"))}
+        states = {z.zone: z.level for z in s.scalars(select(ZoneStateRow).where(ZoneStateRow.scope == scope))}
     colours = {z: by_rank[lv].colour for z, lv in states.items() if lv in by_rank}
     levels = {z: by_rank[lv].title for z, lv in states.items() if lv in by_rank}
     buf = Path(cfg.output_dir / "console_map.png")
@@ -319,23 +336,23 @@ def _png(fig: Any) -> bytes:
     return out.getvalue()
 
 
-def _latest_summary(store: Store) -> dict[str, Any]:
+def _latest_summary(store: Store, scope: str = "live") -> dict[str, Any]:
     from .storage import Run
 
     with store.session() as s:
-        run = s.scalars(select(Run).where(Run.scope == "live", Run.status == "done")
+        run = s.scalars(select(Run).where(Run.scope == scope, Run.status == "done")
                         .order_by(Run.at.desc()).limit(1)).first()
     return dict(run.summary or {}, at=run.at) if run is not None else {}
 
 
-def _rain_png(store: Store) -> bytes:
+def _rain_png(store: Store, scope: str = "live") -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    summ = _latest_summary(store)
+    summ = _latest_summary(store, scope)
     fig, ax = plt.subplots(figsize=(7, 2.6), dpi=100)
     rain = summ.get("rain")
     if rain:
@@ -348,12 +365,14 @@ def _rain_png(store: Store) -> bytes:
         ax.legend(fontsize=7)
         ax.set_title(f"site-mean rainfall, run of {summ['at']:%Y-%m-%d %H:%M}Z", fontsize=9)
     else:
-        ax.set_title("no forecast run yet", fontsize=9)
+        ax.set_title("no rainfall forecast run yet" if summ.get("at") is None else
+                     "no gridded rainfall forecast at this site", fontsize=9)
     ax.set_ylabel("mm/h")
     return _png(fig)
 
 
-def _hydrograph_png(cfg: Config, gauge: Any, service: Any, store: Store | None = None) -> bytes:
+def _hydrograph_png(cfg: Config, gauge: Any, service: Any, store: Store | None = None,
+                    scope: str = "live") -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -361,29 +380,31 @@ def _hydrograph_png(cfg: Config, gauge: Any, service: Any, store: Store | None =
     import numpy as np
 
     from .pipeline import Inputs
+    from .report import STAGE_COLOURS, gauge_quantity
 
     ds = Inputs(cfg).read_gauges()
+    q = gauge_quantity(cfg, gauge, ds)  # stage, or flow at a gauge that measures only flow
     fig, ax = plt.subplots(figsize=(7, 3), dpi=100)
     if ds is not None and gauge.id in ds["station"].values:
         st = ds.sel(station=gauge.id)
-        t, v = st["time"].values, st["stage"].values
+        t, v = st["time"].values, st[q["variable"]].values
         if service is not None:
             now = np.datetime64(service.clock().replace(tzinfo=None))
             keep = t <= now
             t, v = t[keep], v[keep]
-        ok = st["qc"].values[: t.size] == 0
-        ax.plot(t[ok], v[ok], color="navy", lw=1.2, label="observed stage")
-    det = next((d for d in (_latest_summary(store).get("details") or {}).values()
+        ok = st[q["qc"]].values[: t.size] == 0
+        ax.plot(t[ok], v[ok], color="navy", lw=1.2, label=f"observed {q['name']}")
+    det = next((d for d in (_latest_summary(store, scope).get("details") or {}).values()
                 if d.get("gauge") == gauge.id), None) if store is not None else None
-    if det and det.get("gauge_forecast_times"):
+    if det and det.get("gauge_forecast_times") and det.get(q["forecast"]):
         ft = np.array([np.datetime64(x[:19]) for x in det["gauge_forecast_times"]])
-        ax.fill_between(ft, det["gauge_forecast_low_m"], det["gauge_forecast_high_m"], color="orange", alpha=0.25,
-                        label="forecast range (ensemble)")
-        ax.plot(ft, det["gauge_forecast_stage_m"], color="darkorange", lw=1.4, label="forecast stage (median)")
-    for name, value in gauge.flood_stages.model_dump(exclude_none=True).items():
-        ax.axhline(value, ls="--", lw=0.8, color={"action": "gold", "minor": "orange", "moderate": "red",
-                                                  "major": "purple"}.get(name, "grey"), label=f"{name} {value:g} m")
+        if q["forecast_low"] and det.get(q["forecast_low"]):
+            ax.fill_between(ft, det[q["forecast_low"]], det[q["forecast_high"]], color="orange", alpha=0.25,
+                            label="forecast range (ensemble)")
+        ax.plot(ft, det[q["forecast"]], color="darkorange", lw=1.4, label=f"forecast {q['name']}")
+    for name, value in q["thresholds"].items():
+        ax.axhline(value, ls="--", lw=0.8, color=STAGE_COLOURS.get(name, "grey"), label=f"{name} {value:g} {q['unit']}")
     ax.set_title(f"{gauge.name} ({gauge.id})", fontsize=9)
-    ax.set_ylabel("stage (m)")
+    ax.set_ylabel(q["axis"])
     ax.legend(fontsize=7, loc="upper left")
     return _png(fig)

@@ -6,6 +6,10 @@
     depth  = HAND + synthetic rating curves        models.inundation
     zone metrics -> level decisions -> CAP notices + SMS outbox -> dispatch
 
+A gauge site (no DEM) runs the gauge cycle instead (``warning.gauge_cycle``): its zones'
+gauge readings up to ``at`` (and a lumped-model forecast where configured) give the zone
+metrics, and the alert stage is the same.
+
 The scheduler calls ``run_cycle`` with the wall clock; the demo and replay call it with a
 simulated clock over archived inputs. There is no second copy for drills: a drill is
 the same cycle with ``scope`` set, CAP status Exercise and an exercise marker on SMS.
@@ -66,11 +70,13 @@ class CycleResult:
 
 
 class Inputs:
-    """The cycle's data sources, built from the config; caches reprojected forecasts."""
+    """The cycle's data sources, built from the config; caches reprojected forecasts.
+
+    ``forecast`` is None on a gauge site (it has no rainfall forecast source)."""
 
     def __init__(self, cfg: Config):
         fc = cfg.sources.forecast
-        self.forecast = get_source(fc.kind, **fc.source_settings(cfg.path))
+        self.forecast = get_source(fc.kind, **fc.source_settings(cfg.path)) if fc is not None else None
         gs = cfg.sources.gauges
         self.gauges = get_source(gs.kind, **gs.source_settings(cfg.path)) if gs is not None else None
         self.valid_ranges = {g.id: g.valid_range_m for g in cfg.gauges}
@@ -274,16 +280,24 @@ def zone_metrics(site: Site, cfg: Config, sim: Simulation, gauges, at: datetime
             det["gauge_forecast_low_m"] = np.round(fut_st.min(axis=0), 3).tolist()
             det["gauge_forecast_high_m"] = np.round(fut_st.max(axis=0), 3).tolist()
             if gauges is not None:
-                obs, rise, when, problem = latest_good(gauges, gid, at, stale)
-                if problem:
-                    problems.append(problem)
-                vals["observed_stage_m"] = obs
-                vals["observed_rise_m_per_h"] = rise
-                det["observed_time"] = when.isoformat() if when else None
+                observed_stage(gauges, gid, at, stale, vals, det, problems)
             det["gauge"] = gid
         metrics[zone.code] = vals
         details[zone.code] = det
     return metrics, details, problems
+
+
+def observed_stage(gauges, gid: str, at: datetime, stale: float, vals: dict[str, float],
+                   det: dict[str, Any], problems: list[str]) -> datetime | None:
+    """The zone's observed stage metrics from its gauge (latest good reading up to ``at``
+    and its rise over the hour), into ``vals`` and ``det``; returns the reading's time."""
+    obs, rise, when, problem = latest_good(gauges, gid, at, stale)
+    if problem:
+        problems.append(problem)
+    vals["observed_stage_m"] = obs
+    vals["observed_rise_m_per_h"] = rise
+    det["observed_time"] = when.isoformat() if when else None
+    return when
 
 
 def _dt(t: np.datetime64) -> datetime:
@@ -294,6 +308,10 @@ def _dt(t: np.datetime64) -> datetime:
 def run_cycle(site: Site, cfg: Config, store: Store, inputs: Inputs, at: datetime, *,
               drill: str | None = None, channel=None, write_depth: bool = True) -> CycleResult:
     """Run one forecast cycle at ``at`` (aware datetime) and return what it did."""
+    if not site.has_grid:  # a gauge site: gauge readings (and a lumped forecast), same alert stage
+        from .gauge_cycle import run_gauge_cycle
+
+        return run_gauge_cycle(site, cfg, store, inputs, at, drill=drill, channel=channel)
     scope = f"drill:{drill}" if drill else "live"
     run_id = f"{at:%Y%m%dT%H%MZ}-{'drill' if drill else 'live'}"
     timings: dict[str, float] = {}

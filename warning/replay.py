@@ -87,7 +87,8 @@ class ForecastGate:
 
 
 class GaugeGate:
-    """A gauge source as it was at the clock's time: readings observed by then only."""
+    """A gauge source as it was at the clock's time: readings observed by then only, with
+    their QC flags as they were then."""
 
     def __init__(self, source: Any, clock: Callable[[], datetime]):
         self._source, self._clock = source, clock
@@ -98,10 +99,13 @@ class GaugeGate:
         return getattr(self._source, name)
 
     def read(self, *args, **kwargs):
+        from .gauge_cycle import readings_until
+
         now = self._clock()
-        ds = self._source.read(*args, **kwargs)
-        limit = np.datetime64(now.replace(tzinfo=None), "ns")
-        ds = ds.isel(time=np.flatnonzero(ds["time"].values <= limit))
+        # cut at the clock, and judge spikes on what was known then: the spike check
+        # compares a reading with the next one, which had not come yet
+        ds = readings_until(self._source.read(*args, **kwargs), now,
+                            getattr(self._source, "spike_limit_m", 0.5))
         newest = None
         if ds.sizes["time"]:
             newest = datetime.fromisoformat(str(np.datetime_as_string(ds["time"].values[-1], unit="s"))
@@ -223,8 +227,10 @@ def replay(cfg: Config, event: Event, *, speed: float | None = None, drill: bool
     _share_terrain_cache(cfg.output_dir / "cache", out / "cache", cfg.site.code)
     clock = ReplayClock(event.start)
     svc = Service(rcfg, clock=clock, store=store, drill=cfg.drill.name if drill else None)
-    fgate = ForecastGate(svc.inputs.forecast, clock)
-    svc.inputs.forecast = fgate
+    fgate = None
+    if svc.inputs.forecast is not None:  # a gauge site has none
+        fgate = ForecastGate(svc.inputs.forecast, clock)
+        svc.inputs.forecast = fgate
     ggate = None
     if svc.inputs.gauges is not None:
         ggate = GaugeGate(svc.inputs.gauges, clock)

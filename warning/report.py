@@ -281,40 +281,69 @@ def _gauges(cfg: Config, runs: list[Run], event: Event
     out = []
     for g in cfg.gauges:
         zones = [z.code for z in cfg.zones if z.gauge == g.id]
-        obs: dict[str, list[Any]] = {"times": [], "stage_m": [], "qc": []}
+        q = gauge_quantity(cfg, g, ds)
+        key = q["key"]
+        obs: dict[str, list[Any]] = {"times": [], key: [], "qc": []}
         if ds is not None and g.id in ds["station"].values:
             st = ds.sel(station=g.id)
             t = st["time"].values
             keep = (t >= lo) & (t <= hi)
             obs = {"times": [_dt64(x) for x in t[keep]],
-                   "stage_m": [round(float(v), 3) if np.isfinite(v) else None
-                               for v in st["stage"].values[keep]],
-                   "qc": [int(q) for q in st["qc"].values[keep]]}
+                   key: [round(float(v), 3) if np.isfinite(v) else None
+                         for v in st[q["variable"]].values[keep]],
+                   "qc": [int(x) for x in st[q["qc"]].values[keep]]}
         forecasts = []
         for r in runs:
             details = (r.summary or {}).get("details") or {}
             det = next((details[z] for z in zones
-                        if z in details and details[z].get("gauge_forecast_times")), None)
+                        if z in details and details[z].get("gauge_forecast_times")
+                        and details[z].get(q["forecast"])), None)
             if det is None:
                 continue
             forecasts.append({"issued_at": r.at, "run_id": r.id, "forecast_file": r.forecast_file,
                               "times": [datetime.fromisoformat(x)
                                         for x in det["gauge_forecast_times"]],
-                              "stage_m": det["gauge_forecast_stage_m"],
-                              "low_m": det.get("gauge_forecast_low_m"),
-                              "high_m": det.get("gauge_forecast_high_m")})
-        good = [(t, v) for t, v, q in zip(obs["times"], obs["stage_m"], obs["qc"])
-                if q == 0 and v is not None]
+                              key: det[q["forecast"]],
+                              "low": det.get(q["forecast_low"]),
+                              "high": det.get(q["forecast_high"])})
+        good = [(t, v) for t, v, qc in zip(obs["times"], obs[key], obs["qc"])
+                if qc == 0 and v is not None]
         peak = max(good, key=lambda tv: tv[1]) if good else None
-        out.append({"id": g.id, "name": g.name, "zones": zones,
-                    "flood_stages": (g.flood_stages.model_dump(exclude_none=True)
-                                     if g.flood_stages is not None else {}),
+        out.append({"id": g.id, "name": g.name, "zones": zones, "quantity": q,
+                    "thresholds": q["thresholds"],
                     "observed": obs,
-                    "observed_peak": {"time": peak[0], "stage_m": peak[1]} if peak else None,
-                    "forecast_peak_m": max((max(f["stage_m"]) for f in forecasts if f["stage_m"]),
-                                           default=None),
+                    "observed_peak": {"time": peak[0], key: peak[1], "value": peak[1]} if peak else None,
+                    "forecast_peak": max((max(v for v in f[key] if v is not None)
+                                          for f in forecasts if any(v is not None for v in f[key])),
+                                         default=None),
                     "forecasts": forecasts})
     return out, problem
+
+
+def gauge_quantity(cfg: Config, g: Any, ds: Any) -> dict[str, Any]:
+    """What a gauge's hydrograph shows: stage with its flood stages, or, at a gauge that
+    measures only flow (a gauge site with a lumped discharge forecast), discharge with the
+    zones' discharge thresholds."""
+    has_stage = ds is not None and g.id in ds["station"].values and bool(
+        np.isfinite(ds["stage"].sel(station=g.id).values).any())
+    if has_stage or ds is None or "discharge" not in ds:
+        stages = g.flood_stages.model_dump(exclude_none=True) if g.flood_stages is not None else {}
+        return {"key": "stage_m", "variable": "stage", "qc": "qc", "name": "stage", "unit": "m",
+                "axis": "stage (m above gauge zero)", "forecast": "gauge_forecast_stage_m",
+                "forecast_low": "gauge_forecast_low_m", "forecast_high": "gauge_forecast_high_m",
+                "thresholds": stages, "threshold_kind": "flood stages"}
+    lines: dict[str, float] = {}
+    for z in cfg.zones:
+        if z.gauge != g.id:
+            continue
+        for spec in cfg.level_specs(z):
+            for c in spec.criteria:
+                if c.metric.endswith("discharge_m3s"):
+                    lines.setdefault(spec.name, c.value)
+    return {"key": "discharge_m3s", "variable": "discharge", "qc": "discharge_qc", "name": "flow",
+            "unit": "m³/s", "axis": "discharge (m³/s)", "forecast": "gauge_forecast_discharge_m3s",
+            "forecast_low": None, "forecast_high": None, "thresholds": lines,
+            "threshold_kind": "discharge thresholds of the levels"}
 
 
 def _depth_file(cfg: Config, at: datetime) -> Path:
@@ -545,11 +574,13 @@ def _hydrograph_png(event: Event, g: dict[str, Any], data: dict[str, Any]) -> di
 
     fig, ax = plt.subplots(figsize=(7, 3.3), dpi=DPI)
     obs = g["observed"]
+    q = g["quantity"]
+    key, unit = q["key"], q["unit"]
     t = np.array([x.replace(tzinfo=None) for x in obs["times"]], dtype="datetime64[s]")
-    v = np.array([np.nan if x is None else x for x in obs["stage_m"]], dtype=float)
+    v = np.array([np.nan if x is None else x for x in obs[key]], dtype=float)
     qc = np.array(obs["qc"], dtype=int)
     if t.size:
-        ax.plot(t[qc == 0], v[qc == 0], color="navy", lw=1.6, label="observed stage", zorder=3)
+        ax.plot(t[qc == 0], v[qc == 0], color="navy", lw=1.6, label=f"observed {q['name']}", zorder=3)
         bad = (qc != 0) & np.isfinite(v)
         if bad.any():
             ax.plot(t[bad], v[bad], "x", color="crimson", ms=4, label="flagged reading (QC)",
@@ -561,15 +592,17 @@ def _hydrograph_png(event: Event, g: dict[str, Any], data: dict[str, Any]) -> di
         cmap = plt.get_cmap("viridis")
         for f, x in zip(fcs, issued):
             ft = np.array([y.replace(tzinfo=None) for y in f["times"]], dtype="datetime64[s]")
-            ax.plot(ft, f["stage_m"], color=cmap(norm(x)), lw=0.8, alpha=0.9)
+            fv = np.array([np.nan if y is None else y for y in f[key]], dtype=float)
+            ax.plot(ft, fv, color=cmap(norm(x)), lw=0.8, alpha=0.9)
         cb = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, pad=0.01, aspect=30)
         cb.set_label("forecast issued (UTC)", fontsize=7)
         cb.set_ticks(issued[:: max(1, math.ceil(len(issued) / 6))])
         cb.ax.yaxis.set_major_formatter(mdates.DateFormatter("%d %b %H:%M", tz=UTC))
         cb.ax.tick_params(labelsize=6)
-    for name, value in g["flood_stages"].items():
-        ax.axhline(value, ls="--", lw=0.8, color=STAGE_COLOURS.get(name, "grey"),
-                   label=f"{name} {value:g} m")
+    level_colours = {lv["name"]: lv["colour"] for lv in data["levels"]}
+    for name, value in g["thresholds"].items():
+        ax.axhline(value, ls="--", lw=0.8, color=STAGE_COLOURS.get(name, level_colours.get(name, "grey")),
+                   label=f"{name} {value:g} {unit}")
     zones = data["timeline"]
     for code in g["zones"]:
         for onset in zones[code]["observed_onsets"]:
@@ -577,23 +610,23 @@ def _hydrograph_png(event: Event, g: dict[str, Any], data: dict[str, Any]) -> di
     ax.set_xlim(event.start.replace(tzinfo=None), event.end.replace(tzinfo=None))
     ax.xaxis.set_major_formatter(mdates.DateFormatter("%d %b %H:%M"))
     ax.set_title(f"{g['name']} ({g['id']})", fontsize=9)
-    ax.set_ylabel("stage (m above gauge zero)", fontsize=8)
+    ax.set_ylabel(q["axis"], fontsize=8)
     ax.set_xlabel("time (UTC)", fontsize=8)
     ax.tick_params(labelsize=7)
     ax.legend(fontsize=6, loc="upper left")
     png = _png(fig)
     peak = g["observed_peak"]
     parts = [f"Hydrograph of gauge {g['name']} ({g['id']})"]
-    parts.append(f"observed stage peaked at {peak['stage_m']:.2f} m at {_when(peak['time'])} UTC"
+    parts.append(f"observed {q['name']} peaked at {peak['value']:.2f} {unit} at {_when(peak['time'])} UTC"
                  if peak else "no observed readings in the event")
     if fcs:
         parts.append(f"{len(fcs)} forecasts drawn as thin lines coloured by issue time, from "
                      f"{_when(fcs[0]['issued_at'])} to {_when(fcs[-1]['issued_at'])} UTC, highest "
-                     f"forecast stage {_num(g['forecast_peak_m'])} m")
+                     f"forecast {q['name']} {_num(g['forecast_peak'])} {unit}")
     else:
         parts.append("no forecast at this gauge (no zone is tied to it)")
-    stages = ", ".join(f"{k} {v:g} m" for k, v in g["flood_stages"].items())
-    parts.append(f"flood stages {stages}" if stages else "no flood stages configured")
+    stages = ", ".join(f"{k} {v:g} {unit}" for k, v in g["thresholds"].items())
+    parts.append(f"{q['threshold_kind']} {stages}" if stages else f"no {q['threshold_kind']} configured")
     return _image(png, "; ".join(parts) + ".")
 
 

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
-import numpy as np
 
 from .alerting import make_channel, make_dispatcher, publisher
 from .config import Config
 from .errors import USER_ERRORS
+from .gauge_cycle import newest_good_time
 from .outbox import release_due
 from .pipeline import Inputs, run_cycle
 from .site import Site
@@ -112,7 +112,7 @@ class Service:
         self.state = ServiceState()
         fc = cfg.sources.forecast
         self.mirror = None
-        if fc.url:
+        if fc is not None and fc.url:
             from pathlib import Path
 
             from .ingest.mirror import Mirror
@@ -143,6 +143,9 @@ class Service:
         feed.checked = now
         try:
             if source == "forecast":
+                if self.inputs.forecast is None:  # a gauge site has no rainfall forecast
+                    feed.state = "none: a gauge site has no rainfall forecast"
+                    return feed
                 if self.mirror is not None:
                     got = self.mirror.poll()
                     if got is not None:
@@ -154,13 +157,9 @@ class Service:
                     self.state.new_data = f"new forecast {issue.path.name}"
                 return feed
             ds = self.inputs.read_gauges()
-            newest = None
-            for station in (ds["station"].values if ds is not None else []):
-                t = ds["time"].values
-                ok = (ds["qc"].sel(station=station).values == 0) & (t <= np.datetime64(now.replace(tzinfo=None)))
-                if ok.any():
-                    when = datetime.fromisoformat(str(np.datetime_as_string(t[ok][-1], unit="s")) + "+00:00")
-                    newest = when if newest is None else max(newest, when)
+            # a gauge that measures discharge only (Hupsel) is fresh by its discharge
+            newest = (newest_good_time(ds, now, quantities=None if not self.cfg.has_grid else ["stage"])
+                      if ds is not None else None)
             stale = timedelta(minutes=self.cfg.sources.gauges.stale_after_minutes)
             was_stale = feed.state.startswith("stale")
             feed.last_data = newest
@@ -204,11 +203,12 @@ class Service:
 
     def due(self, now: datetime) -> tuple[bool, str]:
         """Whether a cycle should run at ``now``: new forecast or gauge data, or the maximum gap."""
-        issue = self.inputs.forecast.latest_before(now)
-        if issue is None:
-            return False, f"no forecast issued at or before {now:%Y-%m-%d %H:%M}Z"
-        if str(issue.path) != self.state.last_forecast:
-            return True, f"new forecast {issue.path.name}"
+        if self.inputs.forecast is not None:
+            issue = self.inputs.forecast.latest_before(now)
+            if issue is None:
+                return False, f"no forecast issued at or before {now:%Y-%m-%d %H:%M}Z"
+            if str(issue.path) != self.state.last_forecast:
+                return True, f"new forecast {issue.path.name}"
         if self.state.new_data:
             return True, self.state.new_data
         gap = timedelta(minutes=self.cfg.service.cycle_every_minutes)
@@ -238,7 +238,8 @@ class Service:
                 log.error("cycle at %s failed, keeping the last good results: %s", at, exc)
                 self._data_problem(at, f"cycle failed, the last good results stand: {exc}")
             else:
-                self.state.last_forecast = str(self.inputs.forecast.latest_before(at).path)
+                if self.inputs.forecast is not None:
+                    self.state.last_forecast = str(self.inputs.forecast.latest_before(at).path)
                 self.state.last_cycle_at = at
                 self.state.new_data = None
                 gauges = self.state.feeds.get("gauges")
@@ -270,7 +271,8 @@ class Service:
 
     def job_names(self) -> list[str]:
         """The jobs in the order they fire when all are due at once."""
-        return ["ingest:forecast", *(["ingest:gauges"] if self.cfg.sources.gauges is not None else []),
+        return [*(["ingest:forecast"] if self.inputs.forecast is not None else []),
+                *(["ingest:gauges"] if self.cfg.sources.gauges is not None else []),
                 "cycle", "dispatch", "housekeeping"]
 
     # ------------------------------------------------------------------ scheduler
@@ -292,8 +294,9 @@ class Service:
         poll = max(1.0, sv.poll_seconds)
         sched.add_job(run_job, "interval", args=["cycle"], id="cycle", seconds=poll, replace_existing=True,
                       next_run_time=datetime.now(timezone.utc))
-        sched.add_job(run_job, "interval", args=["ingest:forecast"], id="ingest:forecast", seconds=poll,
-                      replace_existing=True, next_run_time=datetime.now(timezone.utc))
+        if self.inputs.forecast is not None:
+            sched.add_job(run_job, "interval", args=["ingest:forecast"], id="ingest:forecast", seconds=poll,
+                          replace_existing=True, next_run_time=datetime.now(timezone.utc))
         if self.cfg.sources.gauges is not None:
             sched.add_job(run_job, "interval", args=["ingest:gauges"], id="ingest:gauges",
                           seconds=max(1.0, sv.gauge_poll_seconds or poll), replace_existing=True,

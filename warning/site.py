@@ -5,6 +5,10 @@ places the gauges on the channel network. ``site.terrain`` holds the terrain pro
 (filled DEM, D8 directions, accumulation, drainage network, reaches, HAND and the
 synthetic rating curve of every reach); they are computed once per site and cached on
 disk as NetCDF, keyed by the DEM's content and the terrain parameters.
+
+A gauge site (no ``site.dem`` in its config) has no grid: ``Site.load`` gives a site with
+``has_grid`` False, its zones (polygons for the CAP areas, no cell mask) and no terrain;
+its cycles run from the gauges (``warning.gauge_cycle``).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ class Zone:
     code: str
     name: str
     polygons: list[list[tuple[float, float]]]  # (lat, lon) rings, for CAP
-    mask: np.ndarray  # (y, x) bool: land cells of the zone (channel cells excluded)
+    mask: np.ndarray | None  # (y, x) bool: land cells of the zone (channel cells excluded); None on a gauge site
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,9 @@ def _read_grid(path: Path, what: str) -> tuple[np.ndarray, rasterio.profiles.Pro
 class Site:
     """The site grid and everything placed on it."""
 
+    #: a grid site (DEM, terrain, forecasts); False for a gauge site (GaugeOnlySite)
+    has_grid = True
+
     def __init__(self, cfg: Config, dem: np.ndarray, profile, cn: np.ndarray):
         self.cfg = cfg
         self.dem = dem
@@ -104,6 +111,8 @@ class Site:
     # ------------------------------------------------------------------ loading
     @classmethod
     def load(cls, cfg: Config) -> "Site":
+        if not cfg.has_grid:
+            return GaugeOnlySite(cfg)
         dem_path = cfg.path(cfg.site.dem)
         dem, profile = _read_grid(dem_path, "DEM")
         if profile["crs"] is None or not profile["crs"].is_projected:
@@ -132,19 +141,9 @@ class Site:
         return site
 
     def _load_zones(self) -> None:
-        path = self.cfg.path(self.cfg.site.zones)
-        gj = json.loads(path.read_text())
-        configured = {z.code for z in self.cfg.zones}
         drainage = self.terrain.drainage
-        for feat in gj["features"]:
-            props = feat["properties"]
-            if props["code"] not in configured:
-                continue
-            geom = feat["geometry"]
-            rings = geom["coordinates"] if geom["type"] == "Polygon" else [
-                r for poly in geom["coordinates"] for r in poly[:1]]
-            outer = rings[:1] if geom["type"] == "Polygon" else rings
-            polygons = [[(float(lat), float(lon)) for lon, lat in ring] for ring in outer]
+        for feat, polygons in _zone_features(self.cfg):
+            props, geom = feat["properties"], feat["geometry"]
             site_geom = transform_geom("EPSG:4326", self.crs, geom)
             mask = rasterize([(site_geom, 1)], out_shape=(self.ny, self.nx),
                              transform=self.transform, fill=0, dtype="uint8").astype(bool)
@@ -278,3 +277,49 @@ class Site:
                            nodata=np.nan, compress="deflate") as dst:
             dst.write(data.astype(np.float32), 1)
             dst.update_tags(**tags)
+
+
+def _zone_features(cfg: Config) -> list[tuple[dict, list[list[tuple[float, float]]]]]:
+    """The configured zones' GeoJSON features with their outer rings as (lat, lon), for CAP."""
+    gj = json.loads(cfg.path(cfg.site.zones).read_text())
+    configured = {z.code for z in cfg.zones}
+    out = []
+    for feat in gj["features"]:
+        if feat["properties"]["code"] not in configured:
+            continue
+        geom = feat["geometry"]
+        rings = geom["coordinates"] if geom["type"] == "Polygon" else [
+            r for poly in geom["coordinates"] for r in poly[:1]]
+        outer = rings[:1] if geom["type"] == "Polygon" else rings
+        out.append((feat, [[(float(lat), float(lon)) for lon, lat in ring] for ring in outer]))
+    return out
+
+
+class GaugeOnlySite(Site):
+    """A gauge site: zones (for the CAP areas) and no grid, terrain or placed gauges.
+
+    Its zones have no cell mask; its gauges are only named in the config (there is no
+    channel network to snap them to). The cycle reads them (``warning.gauge_cycle``).
+    """
+
+    has_grid = False
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self._terrain = None
+        self.zones = [Zone(feat["properties"]["code"], feat["properties"]["name"], polygons, None)
+                      for feat, polygons in _zone_features(cfg)]
+        self.gauges: dict[str, GaugeSite] = {}
+
+    @property
+    def terrain(self) -> Terrain:
+        raise ConfigError(f"site {self.cfg.site.code!r} is a gauge site (no site.dem): it has no "
+                          f"terrain; give site.dem to run the grid models")
+
+    def prepare(self, force: bool = False) -> None:  # type: ignore[override]
+        """Nothing to prepare: a gauge site has no terrain."""
+        log.info("site %s is a gauge site (no DEM): no terrain to prepare", self.cfg.site.code)
+
+    def write_geotiff(self, path: Path, data: np.ndarray, **tags: str) -> None:
+        raise ConfigError(f"site {self.cfg.site.code!r} is a gauge site (no site.dem): no grid to "
+                          f"write {path.name} on")

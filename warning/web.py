@@ -60,6 +60,9 @@ class ReadingOut(BaseModel):
     time: datetime
     stage_m: float | None
     flag: str
+    #: where the gauge measures flow: discharge (m3/s) and its QC flag
+    discharge_m3s: float | None = None
+    discharge_flag: str | None = None
 
 
 class AlertOut(BaseModel):
@@ -144,13 +147,15 @@ def create_app(cfg: Config, *, store: Store | None = None, service: Any = None) 
     def api_gauges() -> list[GaugeOut]:
         """Gauges with their location (WGS 84) and flood stages (m above gauge zero)."""
         return [GaugeOut(id=g.id, name=g.name, lon=g.lon, lat=g.lat,
-                         flood_stages_m=g.flood_stages.model_dump(exclude_none=True))
+                         flood_stages_m=g.flood_stages.model_dump(exclude_none=True)
+                         if g.flood_stages is not None else {})
                 for g in cfg.gauges]
 
     @app.get("/api/gauges/{gauge_id}/readings", response_model=list[ReadingOut], tags=["api"])
     def api_readings(gauge_id: str, since: datetime | None = None, until: datetime | None = None,
                      limit: int = Query(2000, ge=1, le=100_000)) -> list[ReadingOut]:
-        """A gauge's stage readings (m) with their QC flag ("ok" or why it was set aside)."""
+        """A gauge's stage readings (m) with their QC flag ("ok" or why it was set aside), and
+        its discharge (m3/s) with its own flag where the gauge measures flow."""
         if gauge_id not in {g.id for g in cfg.gauges}:
             raise HTTPException(404, f"no gauge {gauge_id!r}; gauges: {', '.join(g.id for g in cfg.gauges)}")
         from .pipeline import Inputs
@@ -161,14 +166,23 @@ def create_app(cfg: Config, *, store: Store | None = None, service: Any = None) 
         from .ingest.gauge_csv import QC_NAMES
 
         st = ds.sel(station=gauge_id)
+
+        def flag(f: Any) -> str:
+            bits = [name for mask, name in QC_NAMES.items() if int(f) & int(mask)]
+            return ",".join(bits) if bits else "ok"
+
+        n = st.sizes["time"]
+        has_q = "discharge" in st and "discharge_qc" in st
+        q = st["discharge"].values if has_q else np.full(n, np.nan)
+        qf = st["discharge_qc"].values if has_q else np.zeros(n, dtype=np.uint8)
         rows = []
-        for t, v, f in zip(st["time"].values, st["stage"].values, st["qc"].values, strict=True):
+        for t, v, f, qv, qq in zip(st["time"].values, st["stage"].values, st["qc"].values, q, qf, strict=True):
             when = datetime.fromisoformat(str(np.datetime_as_string(t, unit="s")) + "+00:00")
             if (since and when < since) or (until and when > until):
                 continue
-            bits = [name for mask, name in QC_NAMES.items() if int(f) & int(mask)]
-            rows.append(ReadingOut(time=when, stage_m=None if v != v else float(v),
-                                   flag=",".join(bits) if bits else "ok"))
+            rows.append(ReadingOut(time=when, stage_m=None if v != v else float(v), flag=flag(f),
+                                   discharge_m3s=None if not has_q or qv != qv else float(qv),
+                                   discharge_flag=flag(qq) if has_q else None))
         return rows[-limit:]
 
     @app.get("/api/alerts", response_model=list[AlertOut], tags=["api"])

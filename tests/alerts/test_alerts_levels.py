@@ -328,3 +328,16 @@ def test_level_in_force_is_renewed_before_its_notice_expires():
 def test_renew_before_must_be_shorter_than_expiry():
     with pytest.raises(ValueError, match="renew_before"):
         ZonePolicy(expiry=timedelta(hours=1), renew_before=timedelta(hours=1))
+
+
+def test_gauge_site_metrics_read_in_plain_words():
+    """Reasons on a gauge site: river flow and rate of rise with their units (GSM-7 only)."""
+    from alerts.levels import format_metric, metric_label
+    from alerts.messages import sms_segments
+
+    assert format_metric("observed_discharge_m3s", 38.5138) == "38.5 m3/s"
+    assert format_metric("observed_discharge_m3s", 0.5413, "es") == "0,541 m3/s"
+    assert format_metric("observed_rise_m_per_h", 0.3048) == "0.30 m/h"
+    assert metric_label("forecast_peak_discharge_m3s") == "forecast peak river flow"
+    assert metric_label("observed_rise_m_per_h", "es") == "subida observada del río"
+    assert sms_segments(format_metric("observed_discharge_m3s", 38.5)).encoding == "GSM-7"

@@ -49,6 +49,10 @@ def _minor_stage(gauge: str) -> float:
     return next(g for g in _toml()["gauges"] if g["id"] == gauge)["flood_stages"]["minor"]
 
 
+def _toml_stages(gauge: str) -> dict:
+    return next(g for g in _toml()["gauges"] if g["id"] == gauge)["flood_stages"]
+
+
 def _readings(station: str) -> list[tuple[datetime, float]]:
     with open(DEMO / "gauges" / "readings.csv", newline="") as fh:
         rows = [(datetime.fromisoformat(r["time"]), r["stage_m"])
@@ -260,6 +264,8 @@ def test_json_holds_the_figures_data(replay):
     for f in town["forecasts"]:
         assert len(f["times"]) == len(f["stage_m"]) > 0
         assert datetime.fromisoformat(f["times"][0]).tzinfo is not None
+    assert town["quantity"]["key"] == "stage_m"
+    assert town["thresholds"] == _toml_stages("MB-TOWN")
     # timeline: the alerts table's level changes are among the decisions' changes
     for zone, z in data["timeline"].items():
         levels = [(datetime.fromisoformat(c["time"]), c["level"]) for c in z["changes"]]

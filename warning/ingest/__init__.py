@@ -1,7 +1,8 @@
 """Ingest sources, chosen by name from a registry.
 
 ``get_source("netcdf", **settings)`` returns a forecast source; ``get_source("gauge_csv",
-**settings)`` a gauge source. An unknown name raises ``ValueError`` listing the valid
+**settings)`` a gauge source (also ``usgs_iv``, ``ea_flood_monitoring``, ``sensorthings``
+and the archived records ``nwis_csv`` and ``peq``). An unknown name raises ``ValueError`` listing the valid
 ones. Units are converted here, at the edge; kernels only ever see mm/h and metres.
 """
 
@@ -13,6 +14,8 @@ from .forecast_netcdf import NetcdfForecastSource
 from .gauge_csv import GaugeCsvSource
 from .gauge_feeds import EaFloodMonitoringSource, SensorThingsSource, UsgsIvSource
 from .grid_sources import GeotiffSequenceSource, Grib2Source, KnmiRadarSource
+from .nwis_csv import NwisCsvSource
+from .peq import PeqSource
 
 _REGISTRY: dict[str, Callable[..., Any]] = {
     "netcdf": NetcdfForecastSource,
@@ -23,6 +26,8 @@ _REGISTRY: dict[str, Callable[..., Any]] = {
     "odim_h5": KnmiRadarSource,
     "geotiff": GeotiffSequenceSource,
     "grib": Grib2Source,
+    "nwis_csv": NwisCsvSource,
+    "peq": PeqSource,
 }
 
 

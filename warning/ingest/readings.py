@@ -1,0 +1,191 @@
+"""The readings Dataset of archived gauge records (``nwis_csv``, ``peq``), with QC flags.
+
+Both sources give the same ``xarray.Dataset (station, time)`` as
+:class:`~warning.ingest.gauge_csv.GaugeCsvSource` and the feed sources, so the pipeline and
+:func:`~warning.ingest.gauge_csv.latest_good` read any of them alike:
+
+* ``stage`` (m) and ``qc`` are always there (all missing when the record has no stage);
+* every other quantity the record has is a variable of its own with a ``<name>_qc`` beside
+  it: ``discharge`` (m3 s-1), ``rain`` and ``etpot`` (mm h-1);
+* ``<name>_qualifiers``: the provider's own codes (USGS ``A``, ``P``, ``e``) where the
+  record has them;
+* attrs ``source_file``, ``source_kind``, ``measured`` (the quantities the record really
+  holds, e.g. ``["stage", "discharge"]``) and ``stale_after_minutes``.
+
+QC flags are those of the other gauge sources (missing, range, spike, duplicate,
+out-of-order; :data:`~warning.ingest.gauge_csv.QC_NAMES`,
+:data:`~warning.ingest.gauge_feeds.FEED_QC_NAMES`) plus :data:`QC_QUALIFIER`: a value the
+provider marked with a code outside the approved set (USGS: anything but ``A`` approved
+and ``P`` provisional, e.g. ``e`` estimated, ``Ice``, ``Eqp``). Flagged values are kept
+with their flag and never used by the pipeline. Every flag of a reading depends on that
+reading and the ones before it only, except the spike flag, which looks at the next
+reading too; :func:`warning.gauge_cycle.readings_until` recomputes it on the readings up
+to the cycle time.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from ..errors import IngestError
+from .gauge_csv import QC_DUPLICATE, QC_GOOD, QC_MISSING, QC_RANGE, spike_flags
+from .gauge_feeds import FEED_QC_NAMES, QC_OUT_OF_ORDER
+
+QC_QUALIFIER = 128  # the provider's qualifier is not an approved one (e.g. USGS "e" estimated)
+ARCHIVE_QC_NAMES = {**FEED_QC_NAMES, QC_QUALIFIER: "qualifier"}
+
+__all__ = ["ARCHIVE_QC_NAMES", "QC_QUALIFIER", "Series", "qc_name", "read_text", "readings_dataset"]
+
+
+@dataclass
+class Series:
+    """One quantity at one station, in the file's order (values in SI / mm h-1 already)."""
+
+    times: list[datetime] = field(default_factory=list)  # UTC
+    values: list[float] = field(default_factory=list)
+    qualifiers: list[str] | None = None
+
+    def add(self, t: datetime, v: float, q: str | None = None) -> None:
+        self.times.append(t)
+        self.values.append(v)
+        if q is not None:
+            if self.qualifiers is None:
+                self.qualifiers = [""] * (len(self.values) - 1)
+            self.qualifiers.append(q)
+        elif self.qualifiers is not None:
+            self.qualifiers.append("")
+
+
+def qc_name(var: str) -> str:
+    """The QC variable of a quantity: ``qc`` for stage (the historical name), else ``<var>_qc``."""
+    return "qc" if var == "stage" else f"{var}_qc"
+
+
+def read_text(path: Path, what: str) -> list[str]:
+    """The file's lines, or an IngestError naming the file and, for bad bytes, the line."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise IngestError(f"{path}: cannot open {what}: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise IngestError(f"{path}:{line}: not UTF-8 text (byte {raw[exc.start]:#04x}); is this "
+                          f"really {what}?") from None
+    if "\x00" in text:
+        line = text[: text.index("\x00")].count("\n") + 1
+        raise IngestError(f"{path}:{line}: NUL byte in the text; the file is corrupt or not {what}")
+    lines = text.splitlines()
+    if not any(line.strip() for line in lines):
+        raise IngestError(f"{path}: empty file; expected {what}")
+    return lines
+
+
+_SPLIT = re.compile(r"[,;:\s]+")
+
+
+def _qualifier_flags(quals: list[str], approved: frozenset[str]) -> np.ndarray:
+    out = np.zeros(len(quals), dtype=np.uint8)
+    known: dict[str, int] = {}
+    for i, q in enumerate(quals):
+        if q not in known:
+            codes = [c for c in _SPLIT.split(q.strip()) if c]
+            known[q] = QC_QUALIFIER if any(c not in approved for c in codes) else 0
+        out[i] = known[q]
+    return out
+
+
+def readings_dataset(series: Mapping[tuple[str, str], Series], *, units: Mapping[str, str],
+                     source: str, kind: str, valid_ranges: Mapping[str, tuple[float, float]] | None = None,
+                     spike_limits: Mapping[str, float | None] | None = None,
+                     approved: Iterable[str] | None = None,
+                     attrs: Mapping[str, Any] | None = None) -> xr.Dataset:
+    """QC-flag the series and lay them out as ``Dataset(station, time)``.
+
+    Parameters
+    ----------
+    series : mapping, (station, quantity) -> Series
+        Quantities: ``stage`` (m), ``discharge`` (m3 s-1), ``rain``, ``etpot`` (mm h-1), ...
+    units : mapping, quantity -> unit text (CF style, e.g. ``m3 s-1``)
+    source, kind : str
+        The file (or URL) and the source kind, for the attrs.
+    valid_ranges : mapping, station -> (low, high) in m, optional
+        Stage outside the range is flagged ``QC_RANGE``; any other quantity below zero is.
+    spike_limits : mapping, quantity -> limit (its unit) or None, optional
+        Quantities checked for single-reading spikes (``gauge_csv.spike_flags``).
+    approved : iterable of str, optional
+        Qualifier codes that leave a value good; any other code flags it ``QC_QUALIFIER``.
+    attrs : mapping, optional
+        More attributes for the Dataset.
+    """
+    if not series:
+        raise IngestError(f"{source}: no readings")
+    valid_ranges = valid_ranges or {}
+    spike_limits = spike_limits or {}
+    approved_set = frozenset(approved) if approved is not None else None
+    stations = sorted({s for s, _ in series})
+    measured = [q for q in ("stage", "discharge", "rain", "etpot") if any(v == q for _, v in series)]
+    measured += sorted({v for _, v in series} - set(measured))
+    as_np = {key: np.array([np.datetime64(t.replace(tzinfo=None), "ns") for t in ser.times],
+                           dtype="datetime64[ns]") for key, ser in series.items()}
+    np_times = np.unique(np.concatenate(list(as_np.values())))
+    shape = (len(stations), np_times.size)
+    flags = {"flag_masks": list(ARCHIVE_QC_NAMES), "flag_meanings": " ".join(ARCHIVE_QC_NAMES.values())}
+    data: dict[str, Any] = {}
+    for var in ["stage"] + [q for q in measured if q != "stage"]:
+        values = np.full(shape, np.nan)
+        qc = np.full(shape, QC_MISSING, dtype=np.uint8)
+        quals = np.full(shape, "", dtype=object)
+        has_quals = False
+        for s, name in enumerate(stations):
+            ser = series.get((name, var))
+            if ser is None:
+                continue
+            t = as_np[(name, var)]
+            v = np.asarray(ser.values, dtype=np.float64)
+            idx = np.searchsorted(np_times, t)
+            # in file order: a time earlier than one already given is out of order
+            late = np.zeros(t.size, dtype=bool)
+            late[1:] = t[1:] < np.maximum.accumulate(t)[:-1]
+            _, first = np.unique(idx, return_index=True)  # the first reading of each time wins
+            values[s, idx[first]] = v[first]
+            qc[s, idx[first]] = np.where(np.isnan(v[first]), QC_MISSING, QC_GOOD).astype(np.uint8)
+            if ser.qualifiers is not None:
+                has_quals = True
+                q_arr = np.asarray(ser.qualifiers, dtype=object)
+                quals[s, idx[first]] = q_arr[first]
+                if approved_set is not None:
+                    qc[s, idx[first]] |= _qualifier_flags(list(q_arr[first]), approved_set)
+            qc[s, idx[first[late[first]]]] |= QC_OUT_OF_ORDER
+            repeat = np.ones(t.size, dtype=bool)
+            repeat[first] = False
+            for k in np.flatnonzero(repeat):  # a second reading for a time: flagged when it differs
+                i = idx[k]
+                if not (v[k] == values[s, i] or (np.isnan(v[k]) and np.isnan(values[s, i]))):
+                    qc[s, i] |= QC_DUPLICATE
+            row = values[s]
+            with np.errstate(invalid="ignore"):
+                if var == "stage":
+                    lo, hi = valid_ranges.get(name, (-np.inf, np.inf))
+                    qc[s, (row < lo) | (row > hi)] |= QC_RANGE
+                else:
+                    qc[s, row < 0] |= QC_RANGE
+            limit = spike_limits.get(var)
+            if limit is not None:
+                qc[s] |= spike_flags(row, qc[s], limit)
+        data[var] = (("station", "time"), values, {"units": units.get(var, "")})
+        data[qc_name(var)] = (("station", "time"), qc, flags)
+        if has_quals:
+            data[f"{var}_qualifiers"] = (("station", "time"), quals.astype(str))
+    return xr.Dataset(data, coords={"station": stations, "time": np_times},
+                      attrs={"source_file": source, "source_kind": kind, "measured": measured,
+                             **(attrs or {})})
