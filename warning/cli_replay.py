@@ -298,12 +298,21 @@ def tune(config: ConfigOpt,
         console.print(table)
         for s in skipped:
             console.print(f"[yellow]skipped[/] {s}")
+        rows = scores_table(all_scores)
         (out_dir / "scores.json").write_text(json.dumps({"goal": str(wanted), "events": [str(e.file) for e in catalog],
-                                                         "scores": scores_table(all_scores)}, indent=1))
+                                                         "scores": rows}, indent=1))
+        if rows:  # the same table for a spreadsheet: one row per candidate, lead-time quartiles
+            import csv
+
+            with open(out_dir / "scores.csv", "w", newline="") as fh:
+                w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+                w.writeheader()
+                w.writerows(rows)
         plot = pod_far_plot(all_scores, out_dir / "pod_far.png", recommended=chosen) if all_scores else None
         console.print(f"replays {t_replay:.1f} s, scoring {len(all_scores)} candidates {t_score:.1f} s "
                       f"({workers} process{'es' if workers > 1 else ''})")
-        console.print(f"scores: {out_dir / 'scores.json'}" + (f"\nPOD-FAR plot: {plot}" if plot else ""))
+        console.print(f"scores of every candidate (POD, FAR, CSI, lead-time quartiles): "
+                      f"{out_dir / 'scores.json'} and scores.csv" + (f"\nPOD-FAR plot: {plot}" if plot else ""))
         if not chosen:
             console.print("the configured thresholds are already the best for this goal: nothing to change")
             return

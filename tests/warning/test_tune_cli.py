@@ -38,6 +38,11 @@ def test_tune_recommends_and_writes_only_when_asked(tmp_path, monkeypatch):
     assert cfg_path.read_text() == before  # nothing written without --write
     scores = json.loads((tmp_path / "out" / "tuning" / "scores.json").read_text())["scores"]
     assert len(scores) >= 12 and all(r["zone"] == "MB-TOWN" for r in scores)
+    import csv
+
+    with open(tmp_path / "out" / "tuning" / "scores.csv", newline="") as fh:
+        table = list(csv.DictReader(fh))
+    assert [float(r["value"]) for r in table] == [r["value"] for r in scores]
     assert (tmp_path / "out" / "tuning" / "pod_far.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # each score's counts are consistent: two events, one onset each, so hits + misses = 2
     assert all(r["hits"] + r["misses"] == 2 for r in scores)
