@@ -174,6 +174,10 @@ def demo(config: ConfigOpt = Path("config/demo.toml"),
         result = run_demo(cfg, channel_name="twilio" if twilio else "file", progress=progress,
                           status=lambda msg: bar.console.print(f"[dim]{msg}[/]"))
     _print_timeline(cfg, result)
+    events = sorted(cfg.path(cfg.demo.events).glob("*.toml")) if cfg.demo and cfg.demo.events else []
+    if events:
+        console.print(f"Next: replay the storm through the service, with a report of hits, misses and "
+                      f"lead times:\n  floodwarn replay {os.path.relpath(events[0])} --config {config}")
 
 
 def _print_timeline(cfg: Any, result: Any) -> None:

@@ -366,6 +366,8 @@ class DemoConfig(_Model):
     start: datetime
     end: datetime
     cycle_hours: float = Field(default=2, gt=0)
+    #: the demo storm's event files (for `floodwarn replay` and `floodwarn tune`)
+    events: Path | None = None
 
     _utc_start = field_validator("start", "end")(_utc)
 
