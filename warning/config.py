@@ -392,6 +392,31 @@ class ServiceConfig(_Model):
     write_depth: bool = True
 
 
+class ComputeConfig(_Model):
+    """Where terrain preparation runs: in this process (``local``) or on Dask (``dask``),
+    either a LocalCluster started for the command or an existing scheduler."""
+
+    engine: Literal["local", "dask"] = "local"
+    #: an existing Dask scheduler, e.g. "tcp://10.0.0.5:8786"; None starts a LocalCluster
+    scheduler_address: str | None = None
+    #: seconds to wait for that scheduler to answer
+    connect_timeout_s: float = Field(default=20, gt=0)
+    #: LocalCluster: worker processes, threads each, and memory limit each (Dask syntax)
+    workers: int = Field(default=2, ge=1)
+    threads_per_worker: int = Field(default=1, ge=1)
+    memory_per_worker: str = "2GiB"
+    #: tile size (rows, columns) of the chunked terrain store
+    tile: tuple[int, int] = (2048, 2048)
+    #: folder of the chunked terrain store (Zarr); default <output_dir>/tiles
+    store: Path | None = None
+
+    @model_validator(mode="after")
+    def _sane(self) -> "ComputeConfig":
+        if min(self.tile) < 3:
+            raise ValueError(f"tile must be at least 3 x 3 cells, got {self.tile}")
+        return self
+
+
 class Config(_Model):
     site: SiteConfig
     gauges: list[GaugeConfig] = Field(default_factory=list)
@@ -406,6 +431,7 @@ class Config(_Model):
     drill: DrillConfig = DrillConfig()
     database_url: str | None = None
     service: ServiceConfig = ServiceConfig()
+    compute: ComputeConfig = ComputeConfig()
     demo: DemoConfig | None = None
     #: folder of the config file; relative paths are resolved against it
     base_dir: Path = Path(".")

@@ -1,0 +1,1 @@
+"""National-scale terrain preparation on Dask: tiled kernels over chunked (Zarr) grids."""
