@@ -1,7 +1,11 @@
-"""Shared fixtures: the repository, ../shared beside it, and a demo config in a temp folder."""
+"""Shared fixtures: the repository, ../shared beside it, a demo config in a temp folder,
+and databases: ``pg_url`` (a fresh PostgreSQL schema, when a server is configured) and
+``db_url`` (each database test once on SQLite and once on PostgreSQL)."""
 
 from __future__ import annotations
 
+import os
+import uuid
 from pathlib import Path
 
 import pytest
@@ -9,6 +13,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 DEMO_CONFIG = REPO / "config" / "demo.toml"
+#: a PostgreSQL database the tests may use (each test gets a schema of its own in it), e.g.
+#: postgresql+psycopg://floodwarn:floodwarn@127.0.0.1:5432/floodwarn; .ci/run sets it
+PG_ENV = "FLOODWARN_TEST_POSTGRES_URL"
 
 
 def demo_config_text() -> str:
@@ -42,3 +49,49 @@ def demo_cfg(tmp_path):
     cfg = load_config(DEMO_CONFIG)
     site = cfg.site.model_copy(update={"output_dir": tmp_path / "out"})
     return cfg.model_copy(update={"site": site})
+
+
+@pytest.fixture(scope="session")
+def _pg_admin():
+    """An engine on the test PostgreSQL database, or skip every PostgreSQL test with the reason."""
+    url = os.environ.get(PG_ENV)
+    if not url:
+        pytest.skip(f"PostgreSQL tests need a server: {PG_ENV} is not set (.ci/run starts one and sets "
+                    f"it; or set it to postgresql+psycopg://USER:PASSWORD@HOST:PORT/DB)")
+    pytest.importorskip("psycopg", reason="the PostgreSQL driver psycopg is not installed (pip install -e .)")
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import OperationalError
+
+    engine = create_engine(url, pool_pre_ping=True)
+    try:
+        with engine.connect() as c:
+            c.execute(text("SELECT 1"))
+    except OperationalError as exc:
+        engine.dispose()
+        pytest.skip(f"PostgreSQL at {PG_ENV} is unreachable: {str(exc).splitlines()[0]}")
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def pg_url(_pg_admin):
+    """The URL of a fresh, empty PostgreSQL schema (dropped after the test): the test
+    database's URL with ``search_path`` set, so other processes given it see the same tables."""
+    from sqlalchemy import text
+
+    schema = f"fwtest_{uuid.uuid4().hex[:12]}"
+    with _pg_admin.begin() as c:
+        c.execute(text(f'CREATE SCHEMA "{schema}"'))
+    url = _pg_admin.url.update_query_dict({"options": f"-csearch_path={schema}"})
+    yield url.render_as_string(hide_password=False)
+    with _pg_admin.begin() as c:
+        c.execute(text("SET LOCAL lock_timeout = '20s'"))
+        c.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request, tmp_path):
+    """A fresh database URL: a SQLite file, then a PostgreSQL schema (skipped without a server)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/fw.db"
+    return request.getfixturevalue("pg_url")

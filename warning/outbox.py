@@ -9,10 +9,17 @@ keeps both or neither. The dispatcher:
    asks the channel whether the message went out (``Channel.find_sent``) and records it
    as sent if so, else puts it back in the queue, so a killed dispatcher neither loses a
    message nor sends it twice;
-3. claims a batch of due rows atomically (``UPDATE ... WHERE state = 'pending'``: two
-   dispatchers never get the same row) and sends them within the rate limit (segments
-   per second), recording the provider's id; temporary errors are retried with backoff,
-   permanent ones stop and mark the subscriber (opted out or unreachable).
+3. claims a batch of due rows atomically, so two dispatchers (threads or processes)
+   never get the same row: on SQLite one ``UPDATE ... WHERE state = 'pending'`` (the
+   database lets one writer in at a time); on PostgreSQL ``SELECT ... FOR UPDATE SKIP
+   LOCKED`` then ``UPDATE`` in one transaction (each dispatcher takes rows no other holds,
+   without waiting on them). It sends them within the rate limit (segments per second),
+   recording the provider's id; temporary errors are retried with backoff, permanent
+   ones stop and mark the subscriber (opted out or unreachable).
+
+Recovery settles each in-doubt row with a conditional update (``WHERE state = 'claimed'
+AND claimed_by = <the dead dispatcher>``), so when two dispatchers recover the same row
+only one of them records or requeues it.
 
 Every send, failure, approval and release goes to the audit log (no phone numbers).
 """
@@ -144,7 +151,9 @@ def decide_approval(store: Store, approval_id: int, *, approve: bool, by: str, a
     if text is not None and not text.strip():
         raise FloodwarnError("the edited SMS text is empty")
     with store.session.begin() as s:
-        a = s.get(ApprovalRow, approval_id)
+        # FOR UPDATE (PostgreSQL; SQLite has one writer anyway): two processes releasing or
+        # deciding the same request at once take turns, and the second sees it decided
+        a = s.get(ApprovalRow, approval_id, with_for_update=True)
         if a is None:
             raise FloodwarnError(f"no approval request {approval_id}; see 'floodwarn alerts pending'")
         if a.state != "pending":
@@ -257,15 +266,22 @@ class Dispatcher:
 
     # -- claiming
     def _claim(self, now: datetime) -> list[OutboxRow]:
+        due = select(OutboxRow.id).where(
+            OutboxRow.state == "pending",
+            or_(OutboxRow.next_attempt_at.is_(None), OutboxRow.next_attempt_at <= now),
+        ).order_by(OutboxRow.id).limit(self.batch)
+        claim = (update(OutboxRow).values(state="claimed", claimed_at=now, claimed_by=self.id,
+                                          attempts=OutboxRow.attempts + 1)
+                 .execution_options(synchronize_session=False))
         with self.store.session.begin() as s:
-            ids = select(OutboxRow.id).where(
-                OutboxRow.state == "pending",
-                or_(OutboxRow.next_attempt_at.is_(None), OutboxRow.next_attempt_at <= now),
-            ).order_by(OutboxRow.id).limit(self.batch).scalar_subquery()
-            s.execute(update(OutboxRow).where(OutboxRow.id.in_(ids), OutboxRow.state == "pending")
-                      .values(state="claimed", claimed_at=now, claimed_by=self.id,
-                              attempts=OutboxRow.attempts + 1)
-                      .execution_options(synchronize_session=False))
+            if self.store.dialect == "postgresql":
+                # lock the batch, skipping rows another dispatcher has locked; the locks
+                # hold until this transaction commits the claim
+                ids = s.scalars(due.with_for_update(skip_locked=True)).all()
+                if ids:
+                    s.execute(claim.where(OutboxRow.id.in_(ids)))
+            else:  # SQLite: one writer at a time makes the single statement atomic
+                s.execute(claim.where(OutboxRow.id.in_(due.scalar_subquery()), OutboxRow.state == "pending"))
         with self.store.session() as s:
             return list(s.scalars(select(OutboxRow).where(OutboxRow.state == "claimed",
                                                           OutboxRow.claimed_by == self.id)
@@ -287,7 +303,8 @@ class Dispatcher:
                                      OutboxRow.claimed_at <= now - self.lease)).all()
         for row, sub in stale:
             if sub is None:
-                self._finish(row, now, state="cancelled", error="subscriber deleted")
+                self._finish(row, now, state="cancelled", error="subscriber deleted",
+                             if_claimed_by=row.claimed_by)
                 continue
             msg = self._message(row, sub)
             try:
@@ -296,29 +313,41 @@ class Dispatcher:
                 st.errors.append(str(exc))
                 continue  # still in doubt: ask again next time rather than risk a duplicate
             if sid:
-                self._finish(row, now, state="sent", provider_id=sid, sent_at=now, audit=("sent_recovered", {}))
-                st.recovered += 1
+                if self._finish(row, now, state="sent", provider_id=sid, sent_at=now,
+                                audit=("sent_recovered", {}), if_claimed_by=row.claimed_by):
+                    st.recovered += 1
             else:
                 with self.store.session.begin() as s:
-                    s.execute(update(OutboxRow).where(OutboxRow.id == row.id, OutboxRow.state == "claimed",
-                                                      OutboxRow.claimed_by == row.claimed_by)
-                              .values(state="pending", claimed_by=None, next_attempt_at=None))
-                st.requeued += 1
-        if stale:
+                    n = s.execute(update(OutboxRow).where(OutboxRow.id == row.id, OutboxRow.state == "claimed",
+                                                          OutboxRow.claimed_by == row.claimed_by)
+                                  .values(state="pending", claimed_by=None, next_attempt_at=None)).rowcount
+                st.requeued += n
+        if st.recovered or st.requeued:
             log.info("recovered %d message(s) a stopped dispatcher had claimed: %d had gone out, "
                      "%d requeued", len(stale), st.recovered, st.requeued)
         return st
 
     # -- sending
     def _finish(self, row: OutboxRow, now: datetime, *, audit: tuple[str, dict] | None = None,
-                mark: int | None = None, session=None, **values: Any) -> None:
-        """Record one row's outcome (in ``session``, or in a transaction of its own)."""
+                mark: int | None = None, session=None, if_claimed_by: str | None | bool = False,
+                **values: Any) -> bool:
+        """Record one row's outcome (in ``session``, or in a transaction of its own).
+
+        ``if_claimed_by``: record it only if the row is still claimed by that dispatcher
+        (recovery: another dispatcher may have settled it meanwhile); returns whether the
+        outcome was recorded.
+        """
         if session is None:
             with self.store.session.begin() as s:
-                return self._finish(row, now, audit=audit, mark=mark, session=s, **values)
+                return self._finish(row, now, audit=audit, mark=mark, session=s, if_claimed_by=if_claimed_by,
+                                    **values)
         s = session
         status = values.pop("_status", "accepted")
-        s.execute(update(OutboxRow).where(OutboxRow.id == row.id).values(**values))
+        where = [OutboxRow.id == row.id]
+        if if_claimed_by is not False:
+            where += [OutboxRow.state == "claimed", OutboxRow.claimed_by == if_claimed_by]
+        if not s.execute(update(OutboxRow).where(*where).values(**values)).rowcount:
+            return False
         if values.get("state") == "sent" and values.get("provider_id"):
             if s.get(DeliveryRow, values["provider_id"]) is None:  # a callback may be first
                 s.add(DeliveryRow(provider_id=values["provider_id"], outbox_id=row.id,
@@ -330,6 +359,7 @@ class Dispatcher:
                              zone=row.zone, time=now)
         if mark is not None and row.subscriber_id is not None:
             self._mark_subscriber(s, row.subscriber_id, mark, now)
+        return True
 
     def _mark_subscriber(self, s, sub_id: int, code: int, now: datetime) -> None:
         effect = subscriber_effect(code)

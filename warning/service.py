@@ -4,7 +4,10 @@ and releases timed-out approvals.
 
 Jobs live in the same database (``scheduler_jobs`` table), with ``coalesce=True`` (missed
 runs collapse into one), ``max_instances=1`` and a misfire grace time; on top of that a
-lock makes sure two cycles never overlap, whoever calls them. A failed cycle (bad data,
+lock makes sure two cycles never overlap, whoever calls them. Several schedulers may share
+one database (PostgreSQL, or SQLite on one machine): a lease row (``leases``, named
+``cycle:<scope>``) lets one of them run a cycle at a time, and a cycle another scheduler
+already ran for the same minute (run id ``<time>-live``) is not run again. A failed cycle (bad data,
 a dead feed) is logged and recorded, and the service goes on with the last good data.
 The clock is injectable: the wall clock, or a simulated one that replays a past storm
 faster than real time (``service.simulate_from`` and ``service.speed``).
@@ -13,12 +16,15 @@ faster than real time (``service.simulate_from`` and ``service.speed``).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
+from sqlalchemy.exc import SQLAlchemyError
 
 from .alerting import make_channel, make_dispatcher, publisher
 from .config import Config
@@ -27,7 +33,7 @@ from .gauge_cycle import newest_good_time
 from .outbox import release_due
 from .pipeline import Inputs, run_cycle
 from .site import Site
-from .storage import Store, utcnow
+from .storage import Run, Store, acquire_lease, release_lease, renew_lease, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +78,9 @@ class FeedState:
 class ServiceState:
     cycles: list[CycleRecord] = field(default_factory=list)
     refused_overlaps: int = 0
+    #: cycles left to another scheduler on the same database (it held the lease, or had
+    #: already run that minute's cycle)
+    run_elsewhere: int = 0
     last_forecast: str | None = None
     last_cycle_at: datetime | None = None
     last_error: str | None = None
@@ -96,12 +105,19 @@ class Service:
     drill : str, optional
         Run every cycle as this drill (CAP Exercise, SMS to the drill roster only); replays
         of past storms as drills use it.
+    lease : timedelta
+        How long the cycle lease is held without renewal (wall clock). It is renewed while
+        a cycle runs, so it only matters when a scheduler dies mid-cycle: another one may
+        take over after this long.
     """
 
     def __init__(self, cfg: Config, *, clock: Callable[[], datetime] | None = None, store: Store | None = None,
-                 drill: str | None = None):
+                 drill: str | None = None, lease: timedelta = timedelta(minutes=5)):
         self.cfg = cfg
         self.drill = drill
+        self.lease = lease
+        #: who holds the cycle lease: this process and this service object
+        self.id = f"{os.uname().nodename[:40]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         sv = cfg.service
         if clock is None:
             clock = SimulatedClock(sv.simulate_from, sv.speed) if sv.simulate_from else utcnow
@@ -120,6 +136,7 @@ class Service:
             self.mirror = Mirror(fc.url, cfg.path(fc.path), suffix=Path(fc.pattern).suffix or ".nc",
                                  prefix=fc.pattern.split("*")[0])
         self._lock = threading.Lock()
+        self._own_run: str | None = None  # id of the last cycle this service ran
         self._channel = None
         self.scheduler = None
 
@@ -216,43 +233,122 @@ class Service:
             return True, f"no cycle for {self.cfg.service.cycle_every_minutes:g} min"
         return False, "nothing new"
 
+    @property
+    def scope(self) -> str:
+        return f"drill:{self.drill}" if self.drill else "live"
+
+    def run_id(self, at: datetime) -> str:
+        """The id of the cycle at ``at`` (as the pipeline names it)."""
+        return f"{at:%Y%m%dT%H%MZ}-{'drill' if self.drill else 'live'}"
+
     def cycle(self, force: bool = False) -> CycleRecord | None:
-        """Run a cycle if one is due (or ``force``); never two at once."""
+        """Run a cycle if one is due (or ``force``); never two at once.
+
+        In this process a lock refuses overlapping calls; across processes the database
+        lease ``cycle:<scope>`` does (a scheduler that cannot take it leaves the cycle to
+        the holder). Under the lease, cycles other schedulers finished are taken into
+        account first (their forecast, their time), and the cycle for this minute is not
+        run again if another scheduler already ran it, even when forced.
+        """
         if not self._lock.acquire(blocking=False):
             self.state.refused_overlaps += 1
             log.warning("a forecast cycle is still running; this one is skipped")
             return None
         try:
-            now = self.clock()
-            go, why = self.due(now)
-            if not (go or force):
+            lease = f"cycle:{self.scope}"
+            if not acquire_lease(self.store, lease, self.id, self.lease):
+                self.state.run_elsewhere += 1
+                log.info("another scheduler is running a forecast cycle (lease %s); this one is skipped", lease)
                 return None
-            at = now.replace(second=0, microsecond=0)
-            t0 = time.perf_counter()
             try:
-                res = run_cycle(self.site, self.cfg, self.store, self.inputs, at, channel=None,
-                                drill=self.drill, write_depth=self.cfg.service.write_depth)
-            except USER_ERRORS as exc:
-                rec = CycleRecord(at, utcnow(), time.perf_counter() - t0, False, str(exc))
-                self.state.last_error = f"{at:%Y-%m-%d %H:%M}Z: {exc}"
-                log.error("cycle at %s failed, keeping the last good results: %s", at, exc)
-                self._data_problem(at, f"cycle failed, the last good results stand: {exc}")
-            else:
-                if self.inputs.forecast is not None:
-                    self.state.last_forecast = str(self.inputs.forecast.latest_before(at).path)
-                self.state.last_cycle_at = at
-                self.state.new_data = None
-                gauges = self.state.feeds.get("gauges")
-                self.state.cycled_gauges = gauges.last_data if gauges else None
-                rec = CycleRecord(at, utcnow(), time.perf_counter() - t0, True, why, res.forecast_file)
-                changed = [d for d in res.decisions if d["action"] in ("raise", "lower", "all_clear", "renew")]
-                log.info("cycle at %s (%s): %d notices, %d SMS queued, %d level changes", at, why,
-                         len(res.notices), res.messages_queued, len(changed))
-            self.state.cycles.append(rec)
-            del self.state.cycles[:-200]
-            return rec
+                return self._cycle_under_lease(force, lease)
+            finally:
+                release_lease(self.store, lease, self.id)
         finally:
             self._lock.release()
+
+    def _keep_lease(self, name: str, stop: threading.Event) -> None:
+        """Renew the cycle lease every third of its length until ``stop`` is set."""
+        while not stop.wait(self.lease.total_seconds() / 3):
+            try:
+                if not renew_lease(self.store, name, self.id, self.lease):
+                    log.error("lost the cycle lease %s (renewed too late?); another scheduler may start "
+                              "a cycle", name)
+                    return
+            except SQLAlchemyError as exc:  # a database hiccup: try again at the next renewal
+                log.warning("could not renew the cycle lease %s: %s", name, exc)
+
+    def _adopt_cycles_elsewhere(self, now: datetime) -> Run | None:
+        """Take in the newest finished cycle up to ``now`` that another scheduler ran since
+        our last one (its time and forecast), so that ``due`` sees it; returns it or None."""
+        from sqlalchemy import select
+
+        with self.store.session() as s:
+            q = select(Run).where(Run.scope == self.scope, Run.status == "done", Run.at <= now)
+            if self.state.last_cycle_at is not None:
+                q = q.where(Run.at > self.state.last_cycle_at)
+            run = s.scalars(q.order_by(Run.at.desc()).limit(1)).first()
+        if run is None:
+            return None
+        self.state.last_cycle_at = run.at
+        if self.inputs.forecast is not None:
+            issue = self.inputs.forecast.latest_before(run.at)
+            if issue is not None and issue.path.name == run.forecast_file:
+                self.state.last_forecast = str(issue.path)
+        # its inputs cover the new data we had seen unless gauge readings came in after it
+        # (a new forecast is checked by ``due`` itself)
+        gauges = self.state.feeds.get("gauges")
+        if gauges is None or gauges.last_data is None or gauges.last_data <= run.at:
+            self.state.cycled_gauges = gauges.last_data if gauges else None
+            self.state.new_data = None
+        log.info("cycle %s was run by another scheduler", run.id)
+        return run
+
+    def _cycle_under_lease(self, force: bool, lease: str) -> CycleRecord | None:
+        now = self.clock()
+        self._adopt_cycles_elsewhere(now)
+        go, why = self.due(now)
+        if not (go or force):
+            return None
+        at = now.replace(second=0, microsecond=0)
+        run_id = self.run_id(at)
+        if run_id != self._own_run:  # a forced re-run of our own cycle is the caller's choice
+            with self.store.session() as s:
+                other = s.get(Run, run_id)
+            if other is not None and other.status == "done" and other.scope == self.scope:
+                self.state.run_elsewhere += 1
+                log.info("the cycle at %s was already run by another scheduler; not running it again", at)
+                return None
+        t0 = time.perf_counter()
+        stop = threading.Event()  # the lease is renewed while the cycle runs
+        keeper = threading.Thread(target=self._keep_lease, args=(lease, stop), daemon=True, name="cycle-lease")
+        keeper.start()
+        try:
+            res = run_cycle(self.site, self.cfg, self.store, self.inputs, at, channel=None,
+                            drill=self.drill, write_depth=self.cfg.service.write_depth)
+        except USER_ERRORS as exc:
+            rec = CycleRecord(at, utcnow(), time.perf_counter() - t0, False, str(exc))
+            self.state.last_error = f"{at:%Y-%m-%d %H:%M}Z: {exc}"
+            log.error("cycle at %s failed, keeping the last good results: %s", at, exc)
+            self._data_problem(at, f"cycle failed, the last good results stand: {exc}")
+        else:
+            if self.inputs.forecast is not None:
+                self.state.last_forecast = str(self.inputs.forecast.latest_before(at).path)
+            self.state.last_cycle_at = at
+            self._own_run = res.run_id
+            self.state.new_data = None
+            gauges = self.state.feeds.get("gauges")
+            self.state.cycled_gauges = gauges.last_data if gauges else None
+            rec = CycleRecord(at, utcnow(), time.perf_counter() - t0, True, why, res.forecast_file)
+            changed = [d for d in res.decisions if d["action"] in ("raise", "lower", "all_clear", "renew")]
+            log.info("cycle at %s (%s): %d notices, %d SMS queued, %d level changes", at, why,
+                     len(res.notices), res.messages_queued, len(changed))
+        finally:
+            stop.set()
+            keeper.join()
+        self.state.cycles.append(rec)
+        del self.state.cycles[:-200]
+        return rec
 
     def dispatch(self) -> None:
         make_dispatcher(self.cfg, self.store, self.channel, clock=self.clock).drain()

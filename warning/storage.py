@@ -12,17 +12,25 @@ Outbox states: ``held`` (waiting for approval), ``pending`` (to send; ``next_att
 delays a retry), ``claimed`` (a dispatcher has it), ``sent``, ``failed`` (permanent error
 or attempts used up), ``cancelled`` (subscriber gone or opted out, or alert rejected),
 ``superseded`` (a newer alert for the zone came before it was sent).
+
+``leases`` holds named, expiring locks shared by every process on the database (two
+schedulers never run the same forecast cycle; see :func:`acquire_lease`).
+
+PostgreSQL (``postgresql+psycopg://user:password@host/db``) holds the same tables as
+SQLite: datetimes are ``timestamptz``, JSON columns ``json``; the few SQLite-only parts
+(WAL pragmas, the data folder) are applied by dialect.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text,
-                        UniqueConstraint, create_engine, event)
-from sqlalchemy.engine import Engine
+                        UniqueConstraint, create_engine, delete, event, inspect, text, update)
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.types import TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -32,7 +40,8 @@ def utcnow() -> datetime:
 
 
 class UTCDateTime(TypeDecorator):
-    """Timezone-aware UTC datetimes on every backend (SQLite stores them naive)."""
+    """Timezone-aware UTC datetimes on every backend (SQLite stores them naive, PostgreSQL
+    as ``timestamptz`` and returns them in the session's time zone: both come back UTC)."""
 
     impl = DateTime(timezone=True)
     cache_ok = True
@@ -187,6 +196,16 @@ class Operator(Base):
     role: Mapped[str] = mapped_column(String(20), default="manager")
 
 
+class LeaseRow(Base):
+    """A named lock with an expiry, shared by every process on the database."""
+
+    __tablename__ = "leases"
+    name: Mapped[str] = mapped_column(String(120), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(80))
+    expires: Mapped[datetime]
+    acquired: Mapped[datetime]
+
+
 class AuditRow(Base):
     __tablename__ = "audit"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -210,18 +229,49 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # pragma: no cover - trivial
 
 
 #: columns added after a table first shipped: (table, column, DDL type and default); a
-#: database made by an older floodwarn gets them on start-up (create_all adds only tables)
+#: database made by an older floodwarn gets them on start-up (create_all adds only tables).
+#: The DDL must be valid on SQLite and PostgreSQL alike.
 _ADDED_COLUMNS = (("subscribers", "roster", "VARCHAR(10) NOT NULL DEFAULT 'public'"),)
 
+#: PostgreSQL advisory lock key held while the schema is made or migrated, so that
+#: processes starting together on a fresh database do not race on CREATE TABLE
+_SCHEMA_LOCK = 0x666C6F6F64  # "flood"
 
-def _add_missing_columns(engine: Engine) -> None:
-    from sqlalchemy import inspect, text
 
-    insp = inspect(engine)
+def _add_missing_columns(conn: Connection) -> list[str]:
+    """Add the columns of :data:`_ADDED_COLUMNS` a table lacks; returns ``table.column`` of
+    each one added. Runs inside the caller's transaction (``engine.begin()``)."""
+    insp = inspect(conn)
+    added = []
     for table, column, ddl in _ADDED_COLUMNS:
         if column not in {c["name"] for c in insp.get_columns(table)}:
-            with engine.begin() as conn:
-                conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}"))
+            conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}"))
+            added.append(f"{table}.{column}")
+    return added
+
+
+def create_schema(engine: Engine) -> list[str]:
+    """Create missing tables and columns (one transaction; on PostgreSQL under an advisory
+    lock, so concurrent start-ups queue instead of racing). Returns the columns added."""
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
+        Base.metadata.create_all(conn)
+        return _add_missing_columns(conn)
+
+
+def engine_for(url: str) -> Engine:
+    """An engine for ``url`` with the backend's settings: SQLite in WAL mode (its folder
+    made if need be), server databases with connections checked before use."""
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite":
+        if u.database and u.database != ":memory:" and not u.database.startswith("file:"):
+            Path(u.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url)
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    # a server restart or an idle timeout must not fail the next cycle or dispatch
+    return create_engine(url, pool_pre_ping=True, pool_recycle=1800)
 
 
 class Store:
@@ -229,14 +279,14 @@ class Store:
 
     def __init__(self, url: str):
         self.url = url
-        if url.startswith("sqlite:///") and ":memory:" not in url:
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.engine: Engine = create_engine(url)
-        if url.startswith("sqlite"):
-            event.listen(self.engine, "connect", _sqlite_pragmas)
-        Base.metadata.create_all(self.engine)
-        _add_missing_columns(self.engine)
+        self.engine: Engine = engine_for(url)
+        create_schema(self.engine)
         self.session = sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self.engine.dialect.name
 
     def audit(self, s: Session, event_name: str, detail: dict[str, Any], *, run_id: str | None = None,
               zone: str | None = None, value: float | None = None, time: datetime | None = None) -> None:
@@ -245,3 +295,42 @@ class Store:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+# --------------------------------------------------------------------------- leases
+def acquire_lease(store: Store, name: str, holder: str, ttl: timedelta) -> bool:
+    """Take (or extend) the lease ``name`` for ``holder`` until ``ttl`` from now; False if
+    another holder has it and it has not expired.
+
+    Atomic on both backends without dialect-specific SQL: an ``INSERT`` of a new lease
+    (the primary key refuses a second one) or a conditional ``UPDATE ... WHERE expires <
+    now OR holder = me``; the database serialises the two writers (SQLite's write lock,
+    PostgreSQL's row lock, after which it re-checks the WHERE), so exactly one wins.
+    Times are the wall clock (UTC), never a simulated one.
+    """
+    now = utcnow()
+    with store.session.begin() as s:
+        took = s.execute(update(LeaseRow).where(LeaseRow.name == name,
+                                                (LeaseRow.expires < now) | (LeaseRow.holder == holder))
+                         .values(holder=holder, expires=now + ttl, acquired=now)).rowcount
+    if took:
+        return True
+    try:
+        with store.session.begin() as s:
+            s.add(LeaseRow(name=name, holder=holder, expires=now + ttl, acquired=now))
+        return True
+    except IntegrityError:  # it exists and someone else holds it
+        return False
+
+
+def renew_lease(store: Store, name: str, holder: str, ttl: timedelta) -> bool:
+    """Push the lease's expiry to ``ttl`` from now; False if ``holder`` no longer has it."""
+    with store.session.begin() as s:
+        return bool(s.execute(update(LeaseRow).where(LeaseRow.name == name, LeaseRow.holder == holder)
+                              .values(expires=utcnow() + ttl)).rowcount)
+
+
+def release_lease(store: Store, name: str, holder: str) -> None:
+    """Give the lease up (only if ``holder`` still has it)."""
+    with store.session.begin() as s:
+        s.execute(delete(LeaseRow).where(LeaseRow.name == name, LeaseRow.holder == holder))

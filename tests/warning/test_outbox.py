@@ -120,8 +120,8 @@ def test_fanout_to_10000_subscribers_two_dispatchers_no_duplicates(tmp_path, env
     assert len(sends) == 10_000 and all("+1555" not in str(a.detail) for a in sends[:100])
 
 
-def test_newer_alert_supersedes_unsent_older_one(tmp_path, env):
-    store = Store(f"sqlite:///{tmp_path}/fw.db")
+def test_newer_alert_supersedes_unsent_older_one(db_url, env):
+    store = Store(db_url)
     add_subscribers(store, 20)
     queue(store, "Z1.A")
     queue(store, "Z1.B", text=lambda lang: "Severe Flood Warning for Z1.")
@@ -283,16 +283,17 @@ def test_dispatcher_killed_repeatedly_delivers_each_message_exactly_once(tmp_pat
     assert len(recovered) > 0
 
 
-def test_opt_out_round_trip_stop_then_start(tmp_path, env):
+def test_opt_out_round_trip_stop_then_start(db_url, env):
     """A resident texts STOP: the next warning skips them (and what was queued for them is
-    not sent); START: the next warning reaches them again. Webhooks signed as Twilio does."""
+    not sent); START: the next warning reaches them again. Webhooks signed as Twilio does.
+    On SQLite and on PostgreSQL."""
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
     from twilio.request_validator import RequestValidator
 
     from warning.webhooks import INBOUND_PATH, make_router
 
-    store = Store(f"sqlite:///{tmp_path}/fw.db")
+    store = Store(db_url)
     add_subscribers(store, 3)
     base = "https://flood.example"
     with FakeTwilio() as fake:
