@@ -95,3 +95,14 @@ def db_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/fw.db"
     return request.getfixturevalue("pg_url")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that talks to PostgreSQL (``pg_url``, or ``db_url`` on postgres):
+    ``make test`` runs them in a pytest process of their own (see the Makefile)."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        on_postgres = "pg_url" in item.fixturenames or (
+            "db_url" in item.fixturenames and callspec is not None and callspec.params.get("db_url") == "postgres")
+        if on_postgres:
+            item.add_marker(pytest.mark.postgres)
