@@ -655,26 +655,36 @@ def _raw_file_problems(raw: dict[str, Any], base: Path) -> list[str]:
     return out
 
 
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """A TOML file's contents, or a ConfigError saying what is wrong with it."""
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{what} not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", source=str(path)) from None
+
+
+def validation_problems(exc: ValidationError) -> list[str]:
+    """pydantic's errors as one line each, with the key path."""
+    problems = []
+    for err in exc.errors():
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check its spelling)"
+        problems.append(f"{_key_path(err['loc'])}: {msg}")
+    return problems
+
+
 def load_config(path: str | Path) -> Config:
     """Read, validate and return the configuration at ``path``; ConfigError lists every problem."""
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"not valid TOML: {exc}", source=str(path)) from None
+    raw = read_toml(path, "config file")
     raw["base_dir"] = path.resolve().parent
     try:
         cfg = Config.model_validate(raw)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = "unknown key (check its spelling)"
-            problems.append(f"{_key_path(err['loc'])}: {msg}")
-        raise ConfigError(problems + _raw_file_problems(raw, raw["base_dir"]),
+        raise ConfigError(validation_problems(exc) + _raw_file_problems(raw, raw["base_dir"]),
                           source=str(path)) from None
     problems = _semantic_problems(cfg)
     if problems:

@@ -25,7 +25,6 @@ neither for nor against the thresholds.
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -33,7 +32,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .config import Config
+from .config import Config, read_toml, validation_problems
 from .errors import ConfigError
 
 __all__ = ["Event", "EventTrace", "CycleTrace", "load_event", "load_events", "event_config"]
@@ -110,25 +109,13 @@ class Event(_Model):
 def load_event(path: str | Path, cfg: Config | None = None) -> Event:
     """Read and check an event file; with ``cfg``, also check its zones and sources."""
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"event file not found: {path}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"not valid TOML: {exc}", source=str(path)) from None
+    raw = read_toml(path, "event file")
     raw["base_dir"] = path.resolve().parent
     raw["file"] = path.resolve()
     try:
         event = Event.model_validate(raw)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = "unknown key (check its spelling)"
-            problems.append(f"{loc}: {msg}")
-        raise ConfigError(problems, source=str(path)) from None
+        raise ConfigError(validation_problems(exc), source=str(path)) from None
     if cfg is not None:
         problems = []
         codes = {z.code for z in cfg.zones}
