@@ -143,9 +143,10 @@ def _heap_push(hz, hi, size, z, idx):
     """Push (z, idx) onto a 4-ary min-heap on z stored in two arrays; return the new size.
 
     Four children per node halve the depth of a binary heap and keep siblings in one
-    cache line. Equal elevations leave in no particular order: Priority-Flood's result
-    does not depend on it (with or without epsilon, every raised cell still gets the
-    lowest spill level of its reaching cell).
+    cache line. Equal elevations leave in no particular order: the fill's result does
+    not depend on it (without epsilon every raised cell gets the lowest spill level of
+    its reaching cell; with epsilon the fill pops cells in nondecreasing order, see
+    ``_fill_depressions_numba``).
     """
     pos = size
     while pos > 0:
@@ -256,7 +257,12 @@ def _fill_depressions_numba(z, valid, epsilon, inf):
                 closed[i] = 1
     while size > 0 or phead < ptail:
         if phead < ptail:
-            if epsilon and size > 0 and hz[0] == zf[pit[phead]]:
+            # epsilon: the pit queue is sorted (its values are nextafter of popped
+            # values, which never decrease), so taking the lower of its head and the
+            # heap's top pops cells in nondecreasing order: a Dijkstra, whose result is
+            # the unique solution of f = max(dem, nextafter(min over neighbours of f))
+            # whatever the tie order (the tiled fill relies on that).
+            if epsilon and size > 0 and hz[0] <= zf[pit[phead]]:
                 i = hi[0]
                 size = _heap_pop(hz, hi, size)
             else:
@@ -853,7 +859,12 @@ def fill_depressions(dem, nodata=None, epsilon: bool = False) -> np.ndarray:
     flats. With ``epsilon`` it is Algorithm 3: cells that would be raised to (or already
     lie at) the level of the cell they were reached from are set to ``np.nextafter`` of
     it, so every cell that is not an outlet has a strictly lower neighbour on its way to
-    an outlet (no flats to resolve afterwards).
+    an outlet (no flats to resolve afterwards). Cells leave the two queues in
+    nondecreasing order, so the result is the unique solution of
+    ``f = max(dem, nextafter(min of f over the 8 neighbours))`` off the outlets and
+    ``f = dem`` on them, independent of tie order and of how the grid is traversed
+    (Barnes et al. 2014 pop the pit queue first; where the heap holds a lower cell
+    that order makes the result depend on ties, which a tiled fill cannot reproduce).
 
     Outlets (the queue's seeds) are the valid cells on the grid edge and every valid
     cell next to a nodata cell: water drains into nodata as it does off the grid edge.

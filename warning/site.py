@@ -35,7 +35,7 @@ from .errors import ConfigError, IngestError
 
 log = logging.getLogger(__name__)
 
-TERRAIN_VERSION = 2
+TERRAIN_VERSION = 3
 #: stages of the synthetic rating curves, m above the channel bed (finer near the bed)
 RATING_STAGES = (np.linspace(0.0, 1.0, 41) ** 2 * 12.0).astype(np.float64)
 

@@ -117,6 +117,48 @@ def test_fill_epsilon_random_dem_has_no_interior_flats(dtype):
     assert np.all(eps >= plain)
 
 
+def reference_epsilon_fill(dem: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """The epsilon fill by its definition, solved by plain fixed-point iteration:
+    ``f = dem`` on outlets (edge and nodata-adjacent cells), elsewhere
+    ``f = max(dem, nextafter(min of f over the valid neighbours))``; from +inf down."""
+    ny, nx = dem.shape
+    inf = dem.dtype.type(np.inf)
+    p = np.full((ny + 2, nx + 2), inf, dtype=dem.dtype)
+    pv = np.zeros((ny + 2, nx + 2), dtype=bool)
+    pv[1:-1, 1:-1] = valid
+    outlet = np.zeros((ny, nx), dtype=bool)
+    outlet[[0, -1], :] = outlet[:, [0, -1]] = True
+    for dr, dc in OFFSETS.values():
+        outlet |= ~pv[1 + dr:1 + dr + ny, 1 + dc:1 + dc + nx]
+    outlet &= valid
+    f = np.where(outlet, dem, inf)
+    while True:
+        p[1:-1, 1:-1] = np.where(valid, f, inf)
+        low = np.min([p[1 + dr:1 + dr + ny, 1 + dc:1 + dc + nx] for dr, dc in OFFSETS.values()], axis=0)
+        new = np.where(outlet | ~valid, f, np.maximum(dem, np.nextafter(low, inf)))
+        if np.array_equal(new, f):
+            return np.where(valid, f, dem)
+        f = new
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fill_epsilon_is_the_fixed_point_whatever_the_tie_order(dtype):
+    """Epsilon fill = its defining fixed point (an independent iterative solver), and the
+    same on the flipped and transposed grid (a different tie order in the queues)."""
+    rng = np.random.default_rng(11)
+    for trial in range(40):
+        ny, nx = (int(v) for v in rng.integers(4, 30, size=2))
+        dem = rng.integers(0, 5, size=(ny, nx)).astype(dtype)  # plateaus, pits and ties
+        if trial % 2:
+            dem[rng.random(dem.shape) < 0.12] = -9999
+        valid = dem != -9999
+        eps = T.fill_depressions(dem, nodata=-9999, epsilon=True)
+        np.testing.assert_array_equal(eps, reference_epsilon_fill(dem, valid))
+        for view in (lambda a: a[::-1], lambda a: a[:, ::-1], lambda a: a.T):
+            again = view(T.fill_depressions(np.ascontiguousarray(view(dem)), nodata=-9999, epsilon=True))
+            np.testing.assert_array_equal(again, eps)
+
+
 def test_fill_matches_reference_random():
     rng = np.random.default_rng(0)
     dem = rng.normal(100.0, 5.0, size=(25, 31))
