@@ -23,9 +23,16 @@ that does not depend on processing order (no arithmetic, only min and max of inp
 values). Any such path leaves the cell's tile through a perimeter cell or ends at an
 outlet inside it, which is what ``f``, the label graph and the level compose.
 
-The epsilon variant is not tiled: its output (one ULP per step from the outlet) depends
-on the order in which the global heap releases cells of equal elevation, which a tile
-cannot know.
+The epsilon variant is tiled differently. Its result is the unique solution of
+``f = max(dem, nextafter(min of f over the neighbours))`` off the outlets (see
+:func:`models.terrain.fill_depressions`), which holds cell by cell, so a tile whose
+neighbours' values are known is solved exactly by the single-machine kernel run on the
+tile with those values as a fixed ring around it (:func:`epsilon_tile`). The caller
+starts the ring from the plain fill (a lower bound, known from steps 1-2 without a
+fix-up pass) and re-solves the tiles whose ring changed until none does; at that point
+every tile satisfies the equation with its true neighbours, so the grid is the
+single-machine result. Rounds beyond the first are needed only where a raised flat's
+ULP staircase crosses a tile edge, and only for the tiles around it.
 
 Reference: Barnes, R. (2016), Parallel priority-flood depression filling for trillion
 cell digital elevation models on desktops or clusters, Computers & Geosciences 96,
@@ -40,9 +47,13 @@ import numba
 import numpy as np
 
 from models.errors import ModelError, as_2d
-from models.terrain import _DC, _DR, _heap_grow, _heap_pop, _heap_push, _valid_mask
+from models.terrain import _DC, _DR, _fill_depressions_numba, _heap_grow, _heap_pop, _heap_push, _valid_mask
 
-__all__ = ["OCEAN", "TileFlood", "fixup_tile", "flood_tile", "solve_spill_graph", "work_dtype"]
+__all__ = ["OCEAN", "TileFlood", "epsilon_tile", "fixup_tile", "flood_tile", "perimeter_values",
+           "solve_spill_graph", "work_dtype"]
+
+#: the four sides of a tile, in the order :func:`perimeter_values` returns them
+SIDES = ("top", "bottom", "left", "right")
 
 #: label of cells that drain to a true outlet (grid edge or nodata) inside their tile
 OCEAN = 1
@@ -396,4 +407,69 @@ def fixup_tile(tile: TileFlood, levels, original) -> np.ndarray:
         out = out.astype(orig.dtype)
     if not tile.valid.all():
         out[~tile.valid] = orig[~tile.valid]
+    return out
+
+
+def perimeter_values(filled, valid) -> dict[str, np.ndarray]:
+    """The four sides of a tile's values, NaN where a cell is nodata.
+
+    Keys as :data:`SIDES`: ``"top"`` and ``"bottom"`` left to right, ``"left"`` and
+    ``"right"`` top to bottom; float copies in ``filled``'s dtype.
+    """
+    f = np.where(valid, filled, np.nan).astype(work_dtype(np.asarray(filled).dtype), copy=False)
+    return {"top": f[0, :].copy(), "bottom": f[-1, :].copy(), "left": f[:, 0].copy(),
+            "right": f[:, -1].copy()}
+
+
+def epsilon_tile(core, halo: dict[str, np.ndarray], nodata=None) -> np.ndarray:
+    """Priority-Flood+epsilon of one tile, given the values of the cells around it.
+
+    Parameters
+    ----------
+    core : ndarray (h, w), m
+        The tile's elevations (no halo).
+    halo : dict
+        The ring of neighbouring cells' current epsilon-filled values, NaN where the
+        neighbour is nodata or outside the grid: ``"top"`` and ``"bottom"`` (``w + 2``
+        each, corners included), ``"left"`` and ``"right"`` (``h`` each).
+    nodata : float or int, optional
+        As in :func:`models.terrain.fill_depressions`.
+
+    Returns
+    -------
+    filled : ndarray (h, w), m, in :func:`work_dtype` (float32 stays, others float64)
+        The tile's values of the global epsilon fill if the ring holds the global
+        values; nodata cells keep their input value.
+
+    Notes
+    -----
+    The ring cells are the kernel's seeds at their given values (never changed); the
+    tile's cells on the grid edge or next to nodata are seeds at their own elevation,
+    as on the whole grid, because the ring is NaN (nodata) there.
+    """
+    a = as_2d("core", core, kinds="fiu")
+    h, w = a.shape
+    wdt = work_dtype(a.dtype)
+    want = {"top": w + 2, "bottom": w + 2, "left": h, "right": h}
+    for side, n in want.items():
+        if np.shape(halo[side]) != (n,):
+            raise ModelError(f"halo[{side!r}] must have {n} values for a {h}x{w} tile; "
+                             f"got shape {np.shape(halo[side])}.")
+    if a.dtype.kind in "iu" and np.abs(a).max(initial=0) > 2**53:
+        raise ModelError("integer dem has values beyond 2**53; convert it to float64 first.")
+    cv = _valid_mask(a, nodata)
+    p = np.empty((h + 2, w + 2), dtype=wdt)
+    p[1:-1, 1:-1] = a
+    p[0, :] = halo["top"]
+    p[-1, :] = halo["bottom"]
+    p[1:-1, 0] = halo["left"]
+    p[1:-1, -1] = halo["right"]
+    valid = ~np.isnan(p)
+    valid[1:-1, 1:-1] = cv
+    if p.size >= 2**31:
+        raise ModelError(f"tile has {a.size} cells; use tiles under 2**31 cells.")
+    _fill_depressions_numba(p, np.ascontiguousarray(valid), True, wdt.type(np.inf))
+    out = p[1:-1, 1:-1].copy()
+    if not cv.all():
+        out[~cv] = a[~cv]
     return out

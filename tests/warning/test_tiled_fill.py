@@ -157,6 +157,49 @@ def test_flat_plateau_inf_and_empty_tiles():
     assert_bit_identical(fill_array(everything_missing, tile=(4, 4)), everything_missing)
 
 
+# --------------------------------------------------------------------------- epsilon
+# every case but the two slowest (rounds x tiny tiles): the staircase test below covers many rounds
+@pytest.mark.parametrize("shape,tile", [c for c in CASES if c not in (((40, 37), (3, 3)), ((61, 97), (5, 7)))])
+def test_tiled_epsilon_fill_is_bit_identical(shape, tile):
+    for seed in range(2):
+        z = make_dem(seed + 10 * shape[0], shape, nodata=-9999.0 if seed else None)
+        ref = terrain.fill_depressions(z, nodata=-9999.0, epsilon=True)
+        plain = terrain.fill_depressions(z, nodata=-9999.0)
+        assert ((ref != plain) & np.isfinite(ref)).sum() > 0.02 * z.size  # many ULP staircases
+        assert_bit_identical(fill_array(z, tile=tile, nodata=-9999.0, epsilon=True), ref)
+
+
+@pytest.mark.parametrize("dtype,nodata,tile", [(np.float64, -9999.0, (1, 1)), (np.int16, -32768, (4, 6)),
+                                               (np.int32, None, (9, 2)), (np.float32, -9999.0, (16, 16))])
+def test_tiled_epsilon_dtypes(dtype, nodata, tile):
+    z = make_dem(17, (15, 19) if tile == (1, 1) else (33, 47), dtype=np.float64, nodata=-32768.0,
+                 step=1.0)
+    z = np.where(z == -32768.0, nodata if nodata is not None else 0, z).astype(dtype)
+    ref = terrain.fill_depressions(z, nodata=nodata, epsilon=True)
+    assert ref.dtype == (np.float32 if dtype == np.float32 else np.float64)
+    assert_bit_identical(fill_array(z, tile=tile, nodata=nodata, epsilon=True), ref)
+
+
+def test_tiled_epsilon_staircase_across_many_tiles():
+    """One flat lake over 8x8 tiles draining at one corner: its ULP staircase climbs
+    across every tile, so the rounds must carry it tile by tile, and the result is still
+    the single-machine one."""
+    import zarr
+    from zarr.storage import MemoryStore
+
+    z = np.full((48, 48), 9.0, dtype=np.float32)
+    z[1:-1, 1:-1] = 2.0  # a closed basin, lower than its rim
+    z[1:-1, 1:-1][::7, ::5] = 1.0  # a few pits in it
+    z[-1, -1] = 1.5  # the only way out, at the south-east corner
+    ref = terrain.fill_depressions(z, epsilon=True)
+    assert np.unique(ref[1:-1, 1:-1]).size > 40  # a staircase of ULPs, not a flat
+    src = to_zarr(z, MemoryStore(), tile=(6, 6))
+    dst = zarr.open_array(MemoryStore(), mode="w", shape=z.shape, chunks=(6, 6), dtype=np.float32)
+    out = fill_tiled(src, dst, epsilon=True)
+    assert_bit_identical(np.asarray(out[:]), ref)
+    assert out.attrs["epsilon_rounds"] >= 8  # carried across the 8 tiles of the diagonal
+
+
 def test_fill_tiled_writes_tile_chunked_zarr(tmp_path):
     z = make_dem(5, (70, 50), nodata=-9999.0)
     to_zarr(z, tmp_path / "dem.zarr", tile=(16, 16), nodata=-9999.0)
@@ -196,6 +239,8 @@ def test_distributed_local_cluster():
             distributed.Client(cluster) as client:
         assert_bit_identical(fill_array(z, tile=(32, 40), client=client), ref)
         assert_bit_identical(fill_array(z, tile=(25, 17), client=client, cache=True), ref)
+        assert_bit_identical(fill_array(z, tile=(32, 40), client=client, epsilon=True),
+                             terrain.fill_depressions(z, epsilon=True))
 
 
 @pytest.mark.slow

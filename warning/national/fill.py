@@ -17,9 +17,19 @@ the whole grid, but no worker ever holds more than one tile and its one-cell hal
    with ``scratch=``, from a Zarr group the first round wrote them to ("cache": about
    twice the grid's size on disk, half the compute).
 
+With ``epsilon=True`` (the fill the site pipeline uses) step 3 is replaced by rounds
+of :func:`models.tiled_fill.epsilon_tile`: the client keeps every tile's four sides,
+starting from the plain fill's (``max(z, level[label])`` of the perimeter cells step 1
+returned, so no fix-up pass is needed), and each round re-solves, with the ring of its
+neighbours' current sides, every tile next to a tile whose sides changed (all tiles in
+round one). It stops when no side changes; the grid then satisfies the epsilon fill's
+defining equation everywhere, so it is bit-for-bit
+``fill_depressions(dem, nodata, epsilon=True)``. Round one costs one more pass over the
+grid; later rounds touch only tiles where a raised flat's staircase of ULPs crosses a
+tile edge.
+
 Tasks are pure functions of the stored input, so Dask may rerun any of them (a lost
-worker) without changing the result. The epsilon fill is not tiled (see
-:mod:`models.tiled_fill`).
+worker) without changing the result.
 """
 
 from __future__ import annotations
@@ -33,7 +43,9 @@ from dataclasses import dataclass
 import dask
 import numpy as np
 
-from models.tiled_fill import TileFlood, fixup_tile, flood_tile, solve_spill_graph, work_dtype
+from models.terrain import _valid_mask
+from models.tiled_fill import (SIDES, TileFlood, epsilon_tile, fixup_tile, flood_tile, perimeter_values,
+                               solve_spill_graph, work_dtype)
 
 from .tiles import Tile, TileGrid, create_like, open_grid, read_block, to_zarr, write_tile
 
@@ -158,6 +170,85 @@ def _solve(grid: TileGrid, graphs: list[_TileGraph]) -> list[np.ndarray]:
             for t in range(len(graphs))]
 
 
+def _epsilon_task(src, dst, tile: Tile, nodata, halo: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    core = np.asarray(src[tile.slices])
+    out = epsilon_tile(core, halo, nodata)
+    write_tile(dst, tile, out)
+    return perimeter_values(out, _valid_mask(core, nodata))
+
+
+def _plain_sides(graphs: list[_TileGraph], levels: list[np.ndarray], wdt: np.dtype
+                 ) -> list[dict[str, np.ndarray]]:
+    """Every tile's sides of the plain (no-epsilon) fill, NaN on nodata, from step 1's
+    perimeters and the solved levels: ``max(z, level[label])``."""
+    out = []
+    for g, lv in zip(graphs, levels, strict=True):
+        sides = {}
+        for side in SIDES:
+            lab, z = g.perimeter[side]
+            v = np.maximum(z, lv[lab])
+            v[lab == 0] = np.nan
+            sides[side] = v.astype(wdt)
+        out.append(sides)
+    return out
+
+
+def _halo(grid: TileGrid, sides: list[dict[str, np.ndarray]], tl: Tile, wdt: np.dtype
+          ) -> dict[str, np.ndarray]:
+    """The ring of cells around ``tl`` from its neighbours' current sides (NaN off the grid)."""
+    h, w = tl.shape
+    top = np.full(w + 2, np.nan, dtype=wdt)
+    bottom = np.full(w + 2, np.nan, dtype=wdt)
+    left = np.full(h, np.nan, dtype=wdt)
+    right = np.full(h, np.nan, dtype=wdt)
+
+    def at(r: int, c: int) -> dict[str, np.ndarray] | None:
+        if 0 <= r < grid.n_rows and 0 <= c < grid.n_cols:
+            return sides[grid.index(grid[r, c])]
+        return None
+
+    r, c = tl.row, tl.col
+    for ring, rr, near in ((top, r - 1, "bottom"), (bottom, r + 1, "top")):
+        if (s := at(rr, c)) is not None:
+            ring[1:-1] = s[near]
+        if (s := at(rr, c - 1)) is not None:
+            ring[0] = s[near][-1]
+        if (s := at(rr, c + 1)) is not None:
+            ring[-1] = s[near][0]
+    if (s := at(r, c - 1)) is not None:
+        left[:] = s["right"]
+    if (s := at(r, c + 1)) is not None:
+        right[:] = s["left"]
+    return {"top": top, "bottom": bottom, "left": left, "right": right}
+
+
+def _epsilon_rounds(grid: TileGrid, src, dst, nodata, sides: list[dict[str, np.ndarray]],
+                    wdt: np.dtype, client, run: str) -> int:
+    """Re-solve tiles until no tile's sides change; returns the number of rounds."""
+    task = dask.delayed(_epsilon_task, pure=True)
+    dirty = set(range(len(grid)))
+    rounds = 0
+    while dirty:
+        rounds += 1
+        todo = sorted(dirty)
+        tiles = [grid[divmod(t, grid.n_cols)] for t in todo]
+        new = _run([task(src, dst, tl, nodata, _halo(grid, sides, tl, wdt),
+                         dask_key_name=f"fill-eps-{run}-{rounds}-{t}")
+                    for t, tl in zip(todo, tiles, strict=True)], client)
+        dirty = set()
+        for t, tl, got in zip(todo, tiles, new, strict=True):
+            if all(np.array_equal(got[k], sides[t][k], equal_nan=True) for k in SIDES):
+                continue
+            sides[t] = got
+            for dr in (-1, 0, 1):
+                for dc in (-1, 0, 1):
+                    r, c = tl.row + dr, tl.col + dc
+                    if (dr or dc) and 0 <= r < grid.n_rows and 0 <= c < grid.n_cols:
+                        dirty.add(grid.index(grid[r, c]))
+        log.info("epsilon round %d: %d tiles solved, %d to redo", rounds, len(todo), len(dirty))
+    return rounds
+
+
 def _run(tasks: list, client) -> list:
     if client is None:
         return list(dask.compute(*tasks))
@@ -165,7 +256,7 @@ def _run(tasks: list, client) -> list:
 
 
 def fill_tiled(source, dest, *, tile: tuple[int, int] | None = None, nodata=None, client=None,
-               overwrite: bool = False, scratch=None):
+               overwrite: bool = False, scratch=None, epsilon: bool = False):
     """Fill depressions of a Zarr grid tile by tile on Dask; write the result to ``dest``.
 
     Parameters
@@ -193,11 +284,17 @@ def fill_tiled(source, dest, *, tile: tuple[int, int] | None = None, nodata=None
         labels in a Zarr group here (about 2x the grid's size, overwritten), and the
         second round reads them instead of flooding every tile again. Without it the
         second round recomputes the flood (no extra storage, twice the compute).
+        Not used with ``epsilon`` (which has no fix-up round).
+    epsilon : bool
+        Priority-Flood+epsilon (the fill the site pipeline uses). The result is float:
+        float32 for a float32 DEM, float64 otherwise, as on a single machine. The
+        number of relaxation rounds is stored in ``dest.attrs["epsilon_rounds"]``.
 
     Returns
     -------
     zarr.Array
-        ``dest``, holding bit-for-bit ``models.terrain.fill_depressions(dem, nodata)``.
+        ``dest``, holding bit-for-bit
+        ``models.terrain.fill_depressions(dem, nodata, epsilon=epsilon)``.
     """
     src = open_grid(source)
     if src.ndim != 2:
@@ -207,12 +304,15 @@ def fill_tiled(source, dest, *, tile: tuple[int, int] | None = None, nodata=None
     grid = TileGrid(src.shape, tile)
     if nodata is None:
         nodata = src.attrs.get("nodata")
+    out_dtype = work_dtype(src.dtype) if epsilon else np.dtype(src.dtype)
     if isinstance(dest, (str, os.PathLike)):
-        dst = create_like(src, dest, tile=tile, overwrite=overwrite)
+        dst = create_like(src, dest, tile=tile, dtype=out_dtype, overwrite=overwrite)
     else:
         dst = open_grid(dest)
         if dst.shape != src.shape:
             raise ValueError(f"dest has shape {dst.shape}; source has {src.shape}")
+        if dst.dtype != out_dtype:
+            raise ValueError(f"dest has dtype {dst.dtype}; this fill writes {out_dtype}")
         if any(t % c for t, c in zip(tile, dst.chunks, strict=True)):
             raise ValueError(f"dest chunks {dst.chunks} must divide the tile {tile}: tasks writing "
                              "parts of one chunk at once would overwrite each other")
@@ -220,10 +320,16 @@ def fill_tiled(source, dest, *, tile: tuple[int, int] | None = None, nodata=None
     run = uuid.uuid4().hex[:12]  # unique task keys per call (a retry keeps its key)
     log.info("tiled fill of %s cells in %d tiles of %s", src.shape, len(tiles), tile)
     flood = dask.delayed(_flood_task, pure=True)
-    cache = None if scratch is None else _make_scratch(scratch, src, tile)
+    cache = None if scratch is None or epsilon else _make_scratch(scratch, src, tile)
     graphs = _run([flood(src, tl, nodata, cache, dask_key_name=f"fill-flood-{run}-{grid.index(tl)}")
                    for tl in tiles], client)
     levels = _solve(grid, graphs)
+    if epsilon:
+        wdt = work_dtype(src.dtype)
+        rounds = _epsilon_rounds(grid, src, dst, nodata, _plain_sides(graphs, levels, wdt), wdt,
+                                 client, run)
+        dst.attrs["epsilon_rounds"] = rounds
+        return dst
     if cache is None:
         fix = dask.delayed(_fixup_task, pure=True)
         fixups = [fix(src, dst, tl, nodata, levels[grid.index(tl)],
@@ -237,23 +343,26 @@ def fill_tiled(source, dest, *, tile: tuple[int, int] | None = None, nodata=None
 
 
 def fill_array(dem, *, tile: tuple[int, int], nodata=None, client=None,
-               cache: bool = False) -> np.ndarray:
+               cache: bool = False, epsilon: bool = False) -> np.ndarray:
     """:func:`fill_tiled` on an in-memory DEM through a temporary Zarr store (for tests).
 
     Without ``client`` the store is in memory (threads share it); with one it is a
     temporary directory every worker can open. Returns the filled grid as a numpy array
-    of the DEM's dtype. ``cache`` uses a temporary scratch store (see :func:`fill_tiled`).
+    (the DEM's dtype, or the epsilon fill's float dtype). ``cache`` uses a temporary
+    scratch store and ``epsilon`` the epsilon fill (see :func:`fill_tiled`).
     """
     from zarr.storage import MemoryStore
 
     dem = np.asarray(dem)
+    dt = work_dtype(dem.dtype) if epsilon else dem.dtype
     if client is None:
         src = to_zarr(dem, MemoryStore(), tile=tile, nodata=nodata)
-        dst = create_like(src, MemoryStore(), tile=tile)
-        return np.asarray(fill_tiled(src, dst, tile=tile, nodata=nodata,
+        dst = create_like(src, MemoryStore(), tile=tile, dtype=dt)
+        return np.asarray(fill_tiled(src, dst, tile=tile, nodata=nodata, epsilon=epsilon,
                                      scratch=MemoryStore() if cache else None)[:])
     with tempfile.TemporaryDirectory(prefix="floodwarn-fill-") as tmp:
         src = to_zarr(dem, os.path.join(tmp, "dem.zarr"), tile=tile, nodata=nodata)
         out = fill_tiled(src, os.path.join(tmp, "filled.zarr"), tile=tile, nodata=nodata,
-                         client=client, scratch=os.path.join(tmp, "scratch.zarr") if cache else None)
+                         client=client, epsilon=epsilon,
+                         scratch=os.path.join(tmp, "scratch.zarr") if cache else None)
         return np.asarray(out[:])
