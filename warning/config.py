@@ -393,8 +393,9 @@ class ServiceConfig(_Model):
 
 
 class ComputeConfig(_Model):
-    """Where terrain preparation runs: in this process (``local``) or on Dask (``dask``),
-    either a LocalCluster started for the command or an existing scheduler."""
+    """Where terrain preparation and the forecast cycle's models run: in this process
+    (``local``) or on Dask (``dask``), either a LocalCluster started for the command or
+    an existing scheduler."""
 
     engine: Literal["local", "dask"] = "local"
     #: an existing Dask scheduler, e.g. "tcp://10.0.0.5:8786"; None starts a LocalCluster

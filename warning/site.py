@@ -194,29 +194,57 @@ class Site:
     def cache_path(self) -> Path:
         return self.cfg.output_dir / "cache" / f"terrain-{self.cfg.site.code}-{self._terrain_key()}.nc"
 
-    def prepare(self, force: bool = False) -> Terrain:
-        """Terrain products from the cache, or computed and cached when missing."""
+    def prepare(self, force: bool = False, *, client=None, progress=None) -> Terrain:
+        """Terrain products from the cache, or computed and cached when missing.
+
+        With ``[compute] engine = "dask"`` the fill, D8, accumulation, channel and HAND
+        steps run tile by tile on Dask (:func:`warning.national.prepare.prepare_tiled`,
+        bit-for-bit the local result) on ``client``, or on a cluster opened from the
+        config for this call; ``progress`` is passed on to it.
+        """
         path = self.cache_path()
         if path.is_file() and not force:
             try:
                 return self._read_cache(path)
             except (OSError, KeyError, ValueError) as exc:
                 log.warning("terrain cache %s unreadable (%s); recomputing", path, exc)
-        t = self._compute_terrain()
+        t = self._compute_terrain(client=client, progress=progress)
         self._write_cache(t, path)
         return t
 
-    def _compute_terrain(self) -> Terrain:
+    def _grid_products(self, dem: np.ndarray, nodata, threshold_cells: float, client, progress
+                       ) -> tuple[np.ndarray, ...]:
+        """Filled DEM, D8, accumulation, channel mask and HAND, here or on Dask."""
+        if self.cfg.compute.engine != "dask":
+            filled = terrain.fill_depressions(dem, nodata=nodata, epsilon=True)
+            fdir = terrain.flow_direction_d8(filled, nodata=nodata, dx=self.dx, dy=self.dy)
+            acc = terrain.flow_accumulation_d8(fdir)
+            drainage = terrain.drainage_network(acc, threshold_cells) & self.valid
+            return filled, fdir, acc, drainage, terrain.hand(filled, fdir, drainage)
+        from .national.cluster import dask_client
+        from .national.prepare import prepare_tiled
+        from .national.tiles import to_zarr
+
+        if client is None:
+            with dask_client(self.cfg.compute) as own:
+                return self._grid_products(dem, nodata, threshold_cells, own, progress)
+        c = self.cfg.compute
+        root = self.cfg.path(c.store) if c.store else self.cfg.output_dir / "tiles"
+        work = root / f"{self.cfg.site.code}-{self._terrain_key()}"
+        src = to_zarr(dem, work / "dem.zarr", tile=c.tile, nodata=float(nodata), overwrite=True)
+        stores = prepare_tiled(src, work, nodata=nodata, dx=self.dx, dy=self.dy,
+                               threshold_cells=threshold_cells, client=client, progress=progress)
+        g = stores.read()
+        return g["filled"], g["fdir"], g["acc"], g["drainage"].astype(bool), g["hand"]
+
+    def _compute_terrain(self, client=None, progress=None) -> Terrain:
         m = self.cfg.model
         nodata = np.float32(-9999.0)
         dem = np.where(self.valid, self.dem, nodata).astype(np.float32)
-        filled = terrain.fill_depressions(dem, nodata=nodata, epsilon=True)
-        fdir = terrain.flow_direction_d8(filled, nodata=nodata, dx=self.dx, dy=self.dy)
-        acc = terrain.flow_accumulation_d8(fdir)
         threshold_cells = m.drainage_threshold_km2 * 1e6 / self.cell_area
-        drainage = terrain.drainage_network(acc, threshold_cells) & self.valid
+        filled, fdir, acc, drainage, hand = self._grid_products(dem, nodata, threshold_cells,
+                                                                client, progress)
         reach = terrain.label_reaches(fdir, drainage, max_length=m.reach_max_length_cells)
-        hand = terrain.hand(filled, fdir, drainage)
         slope = terrain.d8_slope(filled, fdir, self.dx, self.dy)
         reach_of_cell = terrain.reach_catchments(fdir, reach)
         n_reach = int(reach.max())

@@ -44,9 +44,13 @@ def dask_client(compute: ComputeConfig) -> Iterator[Any]:
         finally:
             client.close()
         return
+    # the Numba kernels are parallel themselves: one Numba/OpenMP thread per Dask thread,
+    # so the workers do not oversubscribe the machine's cores
+    threads = str(compute.threads_per_worker)
     cluster = LocalCluster(n_workers=compute.workers, threads_per_worker=compute.threads_per_worker,
                            memory_limit=compute.memory_per_worker, processes=True,
-                           dashboard_address=":0")
+                           dashboard_address=":0",
+                           env={"NUMBA_NUM_THREADS": threads, "OMP_NUM_THREADS": threads})
     client = Client(cluster)
     try:
         log.info("started a LocalCluster: %d workers x %d threads, %s each", compute.workers,
