@@ -6,6 +6,7 @@ printed without a traceback and the command exits with status 1.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -69,6 +70,30 @@ def check_config(path: Annotated[Path, typer.Argument(help="the TOML file to che
                   f"{len(cfg.gauges)} gauges, levels {', '.join(lv.name for lv in cfg.levels)})")
 
 
+@contextlib.contextmanager
+def _cluster(cfg: Any) -> Any:
+    """The config's Dask client for one command, with where it runs and its dashboard."""
+    from .national.cluster import dask_client
+
+    import distributed  # noqa: F401  (sets up its loggers on import; quiet them unless -v)
+
+    if not logging.getLogger().isEnabledFor(logging.INFO):
+        logging.getLogger("distributed").setLevel(logging.ERROR)
+    with dask_client(cfg.compute) as client:
+        workers = client.scheduler_info().get("workers", {})
+        where = (f"scheduler {cfg.compute.scheduler_address}" if cfg.compute.scheduler_address
+                 else "a LocalCluster started for this command")
+        console.print(f"Dask: {len(workers)} workers on {where}, tiles of "
+                      f"{cfg.compute.tile[0]} x {cfg.compute.tile[1]} cells")
+        try:
+            import bokeh  # noqa: F401  (the dashboard needs it)
+
+            console.print(f"Dask dashboard (tasks, worker memory): {client.dashboard_link}")
+        except ImportError:
+            console.print("[dim]no Dask dashboard: install bokeh>=3.1 to get one[/]")
+        yield client
+
+
 @app.command()
 @_friendly
 def prepare(config: ConfigOpt, force: bool = typer.Option(False, help="recompute even if cached"),
@@ -84,11 +109,26 @@ def prepare(config: ConfigOpt, force: bool = typer.Option(False, help="recompute
         console.print(f"{cfg.site.name} is a gauge site (no DEM): there is no terrain to prepare; "
                       f"its {len(cfg.zones)} zones are warned from their gauges")
         return
-    with console.status("preparing terrain (fill, D8, accumulation, HAND, rating curves)"):
-        t0 = time.perf_counter()
-        site = Site.load(cfg)
-        t = site.prepare(force=force)
-        took = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if cfg.compute.engine == "dask":
+        from .national.prepare import STAGES
+
+        with _cluster(cfg) as client, Progress(
+                TextColumn("[progress.description]{task.description}"), BarColumn(),
+                MofNCompleteColumn(), console=console) as bar:
+            task = bar.add_task("terrain on Dask", total=None)
+
+            def progress(i: int, n: int, name: str, seconds: float) -> None:
+                bar.console.print(f"  [{i}/{n}] {name}: {seconds:.1f} s")
+                bar.update(task, completed=i, total=n, description=STAGES[i] if i < n else "reaches and rating curves (here)")
+
+            bar.update(task, description=STAGES[0])
+            site = Site.load(cfg, client=client, progress=progress, force=force)
+    else:
+        with console.status("preparing terrain (fill, D8, accumulation, HAND, rating curves)"):
+            site = Site.load(cfg, force=force)
+    t = site.terrain
+    took = time.perf_counter() - t0
     console.print(f"terrain ready in {took:.1f} s: {site.ny} x {site.nx} cells, "
                   f"{int(t.drainage.sum())} channel cells in {t.n_reach} reaches; "
                   f"cached in {site.cache_path()}")
@@ -113,10 +153,14 @@ def run(config: ConfigOpt,
     _setup_logging(verbose)
     cfg = load_config(config)
     when = _parse_time(at) if at else datetime.now(timezone.utc).replace(second=0, microsecond=0)
-    site = Site.load(cfg)
     store = Store(cfg.db_url)
-    res = run_cycle(site, cfg, store, Inputs(cfg), when, drill=drill or None,
-                    channel=make_channel(cfg))
+    with contextlib.ExitStack() as stack:
+        client = stack.enter_context(_cluster(cfg)) if cfg.compute.engine == "dask" and cfg.has_grid else None
+        site = Site.load(cfg, client=client)  # terrain from the cache, or prepared on that cluster
+        with console.status("forecast cycle: rain, runoff, routing, inundation, zone levels"
+                            + (" (models on Dask, by basin group)" if client is not None else "")):
+            res = run_cycle(site, cfg, store, Inputs(cfg), when, drill=drill or None,
+                            channel=make_channel(cfg), client=client)
     issued = f"{res.forecast_issued:%Y-%m-%d %H:%M}Z" if res.forecast_issued else "none"
     if cfg.has_grid:
         console.print(f"cycle {res.run_id}: forecast issued {issued} ({res.forecast_file})")

@@ -6,6 +6,10 @@
     depth  = HAND + synthetic rating curves        models.inundation
     zone metrics -> level decisions -> CAP notices + SMS outbox -> dispatch
 
+The models run on a ``Domain`` of whole drainage basins (``run_models``): the whole site in
+this process, or one task per group of basins on Dask (``warning.national.cycle``, when
+``[compute] engine = "dask"``); the runs are merged into one ``Simulation`` either way.
+
 A gauge site (no DEM) runs the gauge cycle instead (``warning.gauge_cycle``): its zones'
 gauge readings up to ``at`` (and a lumped-model forecast where configured) give the zone
 metrics, and the alert stage is the same.
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -28,7 +33,7 @@ import numpy as np
 from models import inundation, risk, routing, runoff
 
 from . import alerting
-from .config import Config
+from .config import Config, ModelConfig
 from .errors import IngestError
 from .ingest import get_source
 from .ingest.forecast_netcdf import ForecastIssue
@@ -51,6 +56,7 @@ class Simulation:
     analysis_depth: np.ndarray  # (y, x) float32, peak depth before now (best-estimate rain)
     members: int
     forecast: ForecastIssue
+    zone_depth: dict[str, ZoneDepth]  # zone code -> flood depth over its cells per (member, time)
 
 
 @dataclass
@@ -175,49 +181,200 @@ def assemble_rain(inputs: Inputs, site: Site, cfg: Config, at: datetime
 
 
 # ----------------------------------------------------------------------------- models
-def simulate(site: Site, cfg: Config, rain: np.ndarray, times: np.ndarray, now_index: int,
-             forecast: ForecastIssue) -> Simulation:
+@dataclass(frozen=True)
+class Domain:
+    """The cells one run of the models covers, on a window of the site grid.
+
+    A domain holds whole drainage basins: the whole site on the local path, one group of
+    basins per Dask task on the national path (``warning.national.cycle``). No water
+    crosses its edge, so the models give its cells exactly what one run over the whole
+    site gives them. Its reaches are numbered 1..k (0: no reach); ``reaches`` maps them
+    back to the site's reach ids.
+    """
+
+    rows: slice  # the window on the site grid
+    cols: slice
+    valid: np.ndarray  # (y, x) bool, the domain's cells
+    fdir: np.ndarray  # (y, x) uint8, ESRI D8 codes; 255 (nodata) off the domain
+    cn: np.ndarray  # (y, x) float32, curve number (AMC II)
+    drainage: np.ndarray  # (y, x) bool, channel cells
+    slope: np.ndarray  # (y, x) float32, m/m along D8
+    hand: np.ndarray  # (y, x) float32, m above the nearest drainage cell; inf where none
+    reach_of_cell: np.ndarray  # (y, x) int32, domain reach each cell drains to first, 0 none
+    reaches: np.ndarray  # (k,) int64, site reach id of domain reaches 1..k
+    rating_q: np.ndarray  # (k+1, n_stage) float64, m3/s at RATING_STAGES
+    record: np.ndarray  # (k + n_gauge,) int64, window flat indices: reach outlets, then gauges
+    gauges: tuple[str, ...]  # the gauges recorded after the reach outlets
+    zones: dict[str, np.ndarray]  # zone code -> (y, x) bool, its cells in the domain
+    dx: float  # m
+    dy: float  # m
+
+
+def site_domain(site: Site, rows: slice = slice(None), cols: slice = slice(None),
+                cells: np.ndarray | None = None) -> Domain:
+    """The domain of ``cells`` ((y, x) bool on the window ``rows`` x ``cols``; default:
+    every valid cell of it). ``cells`` must hold whole drainage basins (see
+    ``warning.national.cycle.basin_groups``): flow into a cell off the domain would leave
+    the model there."""
     t = site.terrain
-    m = cfg.model
-    dt_h = float((times[1] - times[0]) / np.timedelta64(1, "h")) if times.size > 1 else 1.0
+    valid = site.valid[rows, cols] if cells is None else cells & site.valid[rows, cols]
+    r0, _, _ = rows.indices(site.ny)
+    c0, _, _ = cols.indices(site.nx)
+    wny, wnx = valid.shape
+
+    def window_flat(flat: np.ndarray) -> np.ndarray:
+        """Flat site indices -> flat window indices; -1 off the domain."""
+        r, c = np.divmod(flat, site.nx)
+        r, c = r - r0, c - c0
+        inside = (r >= 0) & (r < wny) & (c >= 0) & (c < wnx)
+        inside[inside] = valid[r[inside], c[inside]]
+        return np.where(inside, r * wnx + c, -1)
+
+    outlets = window_flat(t.reach_outlet[1:])
+    reaches = np.flatnonzero(outlets >= 0) + 1
+    local = np.zeros(t.n_reach + 1, dtype=np.int32)
+    local[reaches] = np.arange(1, reaches.size + 1, dtype=np.int32)
+    gauge_flat = window_flat(np.array([g.row * site.nx + g.col for g in site.gauges.values()],
+                                      dtype=np.int64))
+    gauges = tuple(gid for gid, f in zip(site.gauges, gauge_flat, strict=True) if f >= 0)
+    zones = {z.code: z.mask[rows, cols] & valid for z in site.zones if z.mask is not None}
+    return Domain(
+        rows=rows, cols=cols, valid=valid,
+        fdir=np.where(valid, t.fdir[rows, cols], np.uint8(255)).astype(np.uint8),
+        cn=site.cn[rows, cols], drainage=t.drainage[rows, cols], slope=t.slope[rows, cols],
+        hand=np.nan_to_num(t.hand[rows, cols], nan=np.inf),
+        reach_of_cell=np.where(valid, local[t.reach_of_cell[rows, cols]], 0).astype(np.int32),
+        reaches=reaches, rating_q=t.rating_q[np.r_[0, reaches]],
+        record=np.concatenate([outlets[reaches - 1], gauge_flat[gauge_flat >= 0]]).astype(np.int64),
+        gauges=gauges, zones={code: m for code, m in zones.items() if m.any()},
+        dx=site.dx, dy=site.dy)
+
+
+@dataclass(frozen=True)
+class ZoneDepth:
+    """Flood depth over (part of) a zone per member and time step: what the depth metrics
+    of ``zone_metrics`` need, in a form that adds up over parts of the zone (the maximum
+    of the parts' maxima, the sum of their counts), so a zone split over several domains
+    gets exactly the numbers of one run over the whole site."""
+
+    max_m: np.ndarray  # (member, time) float32, m, depth of the deepest cell
+    wet: np.ndarray  # (member, time) int64, cells deeper than model.flooded_depth_m
+    cells: int  # cells of the zone (in the part)
+
+    @classmethod
+    def of(cls, stage: np.ndarray, reach_of_cell: np.ndarray, hand: np.ndarray,
+           mask: np.ndarray, flooded_m: float) -> ZoneDepth:
+        """Depth = stage of the reach a cell drains to above the cell's HAND, floored at
+        0, over the cells of ``mask``; ``stage`` (member, time, reach) m; one member at a
+        time so no (member, time, cell) array is held."""
+        rz = reach_of_cell[mask]
+        hz = hand[mask]
+        max_m = np.empty(stage.shape[:2], dtype=stage.dtype)
+        wet = np.empty(stage.shape[:2], dtype=np.int64)
+        for k in range(stage.shape[0]):
+            depth = np.maximum(stage[k][:, rz] - hz, 0.0)  # (time, cells)
+            max_m[k] = depth.max(axis=1)
+            wet[k] = np.count_nonzero(depth > flooded_m, axis=1)
+        return cls(max_m=max_m, wet=wet, cells=int(rz.size))
+
+    @classmethod
+    def combine(cls, parts: Sequence[ZoneDepth]) -> ZoneDepth:
+        """The whole zone's depth from its parts (exact: a maximum and integer sums)."""
+        return cls(max_m=np.maximum.reduce([p.max_m for p in parts]),
+                   wet=np.sum([p.wet for p in parts], axis=0),
+                   cells=sum(p.cells for p in parts))
+
+
+@dataclass
+class DomainRun:
+    """What the models give on one domain (see :func:`run_models`)."""
+
+    stage: np.ndarray  # (member, time, k+1) float32, m above the bed, by domain reach
+    q_gauge: dict[str, np.ndarray]  # gauge id -> (member, time) m3/s
+    peak_depth: np.ndarray  # (y, x) float32, m, NaN off the domain and where no reach
+    analysis_depth: np.ndarray  # (y, x) float32, m, likewise
+    zone_depth: dict[str, ZoneDepth]  # the depth over each zone's cells in the domain
+
+
+def run_models(dom: Domain, m: ModelConfig, rain: np.ndarray, dt_h: float, now_index: int
+               ) -> DomainRun:
+    """The model steps of a cycle on one domain: runoff, routing, reach stage, inundation
+    and the zones' depth. ``rain`` (member, time, y, x) mm/h on the domain's window,
+    ``dt_h`` the step in hours. The one implementation for the local and the Dask path."""
     method = runoff.get_runoff_method(m.runoff_method)
     if m.runoff_method == "green_ampt":
         excess = method(rain, dt_h, ks=m.green_ampt_ks_mm_h, psi=m.green_ampt_psi_mm,
                         delta_theta=m.green_ampt_delta_theta)
     else:
-        cn = site.cn
+        cn = dom.cn
         if m.antecedent_moisture != "II":
             cn = runoff.amc_convert(cn, to=m.antecedent_moisture)
-        excess = method(rain, dt_h, np.where(site.valid, cn, 100.0).astype(np.float32),
+        excess = method(rain, dt_h, np.where(dom.valid, cn, 100.0).astype(np.float32),
                         lam=m.initial_abstraction_ratio)
-    channel = t.drainage
-    width = np.where(channel, m.channel_width_m, site.dx).astype(np.float32)
+    channel = dom.drainage
+    width = np.where(channel, m.channel_width_m, dom.dx).astype(np.float32)
     manning = np.where(channel, m.manning_channel, m.manning_overland).astype(np.float32)
-    gauge_cells = np.array([g.row * site.nx + g.col for g in site.gauges.values()], dtype=np.int64)
-    outlets = t.reach_outlet[1:]
-    record = np.concatenate([outlets, gauge_cells])
-    substeps = max(1, int(round(dt_h * 60.0 / m.routing_dt_minutes)))
-    res = routing.route_kinematic_d8(t.fdir, excess, dt_h * 3600.0, site.dx, site.dy, t.slope,
-                                     manning, width, substeps=substeps, record=record)
+    substeps = max(1, round(dt_h * 60.0 / m.routing_dt_minutes))
+    res = routing.route_kinematic_d8(dom.fdir, excess, dt_h * 3600.0, dom.dx, dom.dy, dom.slope,
+                                     manning, width, substeps=substeps, record=dom.record)
     del excess
-    n_reach = t.n_reach
+    n_reach = dom.reaches.size
     q_reach = np.zeros(res.q_record.shape[:2] + (n_reach + 1,), dtype=np.float32)
     q_reach[..., 1:] = res.q_record[..., :n_reach]
-    stage = inundation.stage_from_discharge(RATING_STAGES, t.rating_q, q_reach).astype(np.float32)
+    stage = inundation.stage_from_discharge(RATING_STAGES, dom.rating_q, q_reach).astype(np.float32)
     stage[..., 0] = 0.0
-    q_gauge = {gid: res.q_record[:, :, n_reach + i] for i, gid in enumerate(site.gauges)}
-    hand = np.nan_to_num(t.hand, nan=np.inf)
-    roc = t.reach_of_cell
+    q_gauge = {gid: res.q_record[:, :, n_reach + i] for i, gid in enumerate(dom.gauges)}
+    hand = dom.hand
+    roc = dom.reach_of_cell
     fut = stage[:, now_index:].max(axis=1)  # (member, n_reach+1)
     peak = np.median(np.maximum(fut[:, roc] - hand[None], 0.0), axis=0)
     past = stage[0, : now_index + 1].max(axis=0)
     analysis = np.maximum(past[roc] - hand, 0.0)
-    nodata = ~site.valid | (roc == 0)
+    nodata = ~dom.valid | (roc == 0)
     peak[nodata] = np.nan
     analysis[nodata] = np.nan
-    return Simulation(times=times, now_index=now_index, stage=stage, q_gauge=q_gauge,
-                      peak_depth=peak.astype(np.float32), analysis_depth=analysis.astype(np.float32),
-                      members=rain.shape[0], forecast=forecast)
+    zone_depth = {code: ZoneDepth.of(stage, roc, hand, mask, m.flooded_depth_m)
+                  for code, mask in dom.zones.items()}
+    return DomainRun(stage=stage, q_gauge=q_gauge, peak_depth=peak.astype(np.float32),
+                     analysis_depth=analysis.astype(np.float32), zone_depth=zone_depth)
+
+
+def step_hours(times: np.ndarray) -> float:
+    """Length of the input steps of ``times`` (datetime64), hours; 1 for a single step."""
+    return float((times[1] - times[0]) / np.timedelta64(1, "h")) if times.size > 1 else 1.0
+
+
+def merge_runs(site: Site, runs: Sequence[tuple[Domain, DomainRun]], times: np.ndarray,
+               now_index: int, forecast: ForecastIssue) -> Simulation:
+    """The site's simulation from runs over domains that share no cell and together hold
+    every valid cell: reach stages by site reach id, gauges in the site's order, depth
+    grids pasted, each zone's depth combined over its parts."""
+    nm, nt = runs[0][1].stage.shape[:2]
+    stage = np.zeros((nm, nt, site.terrain.n_reach + 1), dtype=np.float32)
+    peak = np.full((site.ny, site.nx), np.nan, dtype=np.float32)
+    analysis = np.full((site.ny, site.nx), np.nan, dtype=np.float32)
+    q_gauge: dict[str, np.ndarray] = {}
+    parts: dict[str, list[ZoneDepth]] = {}
+    for dom, run in runs:
+        stage[..., dom.reaches] = run.stage[..., 1:]
+        q_gauge.update(run.q_gauge)
+        peak[dom.rows, dom.cols][dom.valid] = run.peak_depth[dom.valid]
+        analysis[dom.rows, dom.cols][dom.valid] = run.analysis_depth[dom.valid]
+        for code, zd in run.zone_depth.items():
+            parts.setdefault(code, []).append(zd)
+    return Simulation(times=times, now_index=now_index, stage=stage,
+                      q_gauge={gid: q_gauge[gid] for gid in site.gauges},
+                      peak_depth=peak, analysis_depth=analysis, members=nm, forecast=forecast,
+                      zone_depth={code: ZoneDepth.combine(p) for code, p in parts.items()})
+
+
+def simulate(site: Site, cfg: Config, rain: np.ndarray, times: np.ndarray, now_index: int,
+             forecast: ForecastIssue) -> Simulation:
+    """The models over the whole site in this process (``rain`` (member, time, y, x) mm/h);
+    ``warning.national.cycle.simulate_on_dask`` runs the same steps per group of basins."""
+    dom = site_domain(site)
+    run = run_models(dom, cfg.model, rain, step_hours(times), now_index)
+    return merge_runs(site, [(dom, run)], times, now_index, forecast)
 
 
 def warm_up(site: Site, cfg: Config) -> float:
@@ -237,21 +394,17 @@ def zone_metrics(site: Site, cfg: Config, sim: Simulation, gauges, at: datetime
     """Metrics per zone (see ``warning.config.METRICS``), details for messages, problems."""
     t = site.terrain
     m = cfg.model
-    hand = np.nan_to_num(t.hand, nan=np.inf)
     metrics: dict[str, dict[str, float]] = {}
     details: dict[str, dict[str, Any]] = {}
     problems: list[str] = []
     zcfg = {z.code: z for z in cfg.zones}
-    fut = sim.stage[:, sim.now_index:]  # (member, time, reach)
     fut_times = sim.times[sim.now_index:]
     stale = cfg.sources.gauges.stale_after_minutes if cfg.sources.gauges else 90.0
     for zone in site.zones:
-        rz = t.reach_of_cell[zone.mask]
-        hz = hand[zone.mask]
-        depth = np.maximum(fut[:, :, rz] - hz, 0.0)  # (member, time, cells)
-        zmax = depth.max(axis=2)  # (member, time)
+        zd = sim.zone_depth[zone.code]
+        zmax = zd.max_m[:, sim.now_index:]  # (member, time) deepest cell from now on
         peak_m = zmax.max(axis=1)  # (member,)
-        share = (depth > m.flooded_depth_m).mean(axis=2).max(axis=1)
+        share = (zd.wet[:, sim.now_index:] / zd.cells).max(axis=1)
         series = np.median(zmax, axis=0)
         vals = {
             "forecast_peak_depth_m": float(np.median(peak_m)),
@@ -264,8 +417,7 @@ def zone_metrics(site: Site, cfg: Config, sim: Simulation, gauges, at: datetime
         if wet.size:
             det["onset"] = _dt(fut_times[wet[0]])
         det["peak_time"] = _dt(fut_times[int(np.argmax(series))]) if series.max() > 0 else None
-        past_depth = np.maximum(sim.stage[0, : sim.now_index + 1][:, rz] - hz, 0.0).max(axis=1)
-        det["analysis_series"] = past_depth.round(3).tolist()
+        det["analysis_series"] = zd.max_m[0, : sim.now_index + 1].round(3).tolist()
         det["analysis_times"] = [_dt(x).isoformat() for x in sim.times[: sim.now_index + 1]]
         gid = zcfg[zone.code].gauge
         if gid is not None:
@@ -306,8 +458,15 @@ def _dt(t: np.datetime64) -> datetime:
 
 # ----------------------------------------------------------------------------- the cycle
 def run_cycle(site: Site, cfg: Config, store: Store, inputs: Inputs, at: datetime, *,
-              drill: str | None = None, channel=None, write_depth: bool = True) -> CycleResult:
-    """Run one forecast cycle at ``at`` (aware datetime) and return what it did."""
+              drill: str | None = None, channel=None, write_depth: bool = True,
+              client: Any = None) -> CycleResult:
+    """Run one forecast cycle at ``at`` (aware datetime) and return what it did.
+
+    The models run in this process, or on Dask (one task per group of whole drainage
+    basins, ``warning.national.cycle``) when ``cfg.compute.engine`` is "dask" or a
+    ``client`` (a ``distributed.Client`` the caller keeps open) is given; without a
+    client a cluster is opened from ``cfg.compute`` for this cycle. Same results either way.
+    """
     if not site.has_grid:  # a gauge site: gauge readings (and a lumped forecast), same alert stage
         from .gauge_cycle import run_gauge_cycle
 
@@ -326,7 +485,12 @@ def run_cycle(site: Site, cfg: Config, store: Store, inputs: Inputs, at: datetim
                   forecast_file=issue.path.name, status="running", started=utcnow()))
     t1 = time.perf_counter()
     site_rain = np.median(rain[:, :, site.valid].mean(axis=2), axis=0)  # (time,) mm/h, for the console
-    sim = simulate(site, cfg, rain, times, now_index, issue)
+    if client is not None or cfg.compute.engine == "dask":
+        from .national.cycle import simulate_on_dask  # Dask is imported only when used
+
+        sim = simulate_on_dask(site, cfg, rain, times, now_index, issue, client=client)
+    else:
+        sim = simulate(site, cfg, rain, times, now_index, issue)
     del rain
     timings["models"] = time.perf_counter() - t1
     metrics, details, more = zone_metrics(site, cfg, sim, gauges, at)

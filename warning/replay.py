@@ -247,19 +247,22 @@ def replay(cfg: Config, event: Event, *, speed: float | None = None, drill: bool
     t0 = time.perf_counter()
     jobs = svc.job_names()
     k = 0
-    for k in range(n_steps):
-        now = event.start + k * step
-        if speed is not None:  # keep pace: simulated time runs `speed` times faster than the wall clock
-            wait = t0 + (now - event.start).total_seconds() / speed - time.perf_counter()
-            if wait > 0:
-                time.sleep(wait)
-        clock.now = now
-        for name in jobs:
-            svc.job(name)
-        if on_step is not None:
-            on_step(now, k + 1, n_steps)
-        if stop is not None and stop():
-            break
+    try:
+        for k in range(n_steps):
+            now = event.start + k * step
+            if speed is not None:  # keep pace: simulated time runs `speed` times faster than the wall clock
+                wait = t0 + (now - event.start).total_seconds() / speed - time.perf_counter()
+                if wait > 0:
+                    time.sleep(wait)
+            clock.now = now
+            for name in jobs:
+                svc.job(name)
+            if on_step is not None:
+                on_step(now, k + 1, n_steps)
+            if stop is not None and stop():
+                break
+    finally:
+        svc.close()  # the Dask cluster, when the models ran on one
     wall = time.perf_counter() - t0
     scope = f"drill:{cfg.drill.name}" if drill else "live"
     trace = trace_from_store(store, event, scope)

@@ -15,6 +15,7 @@ faster than real time (``service.simulate_from`` and ``service.speed``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -123,7 +124,9 @@ class Service:
             clock = SimulatedClock(sv.simulate_from, sv.speed) if sv.simulate_from else utcnow
         self.clock = clock
         self.store = store or Store(cfg.db_url)
-        self.site = Site.load(cfg)
+        self._dask: contextlib.ExitStack | None = None  # the Dask cluster, while one is open
+        self._client: Any = None
+        self.site = Site.load(cfg, client=self.dask_client())  # terrain: cache, or that cluster
         self.inputs = Inputs(cfg)
         self.state = ServiceState()
         fc = cfg.sources.forecast
@@ -139,6 +142,27 @@ class Service:
         self._own_run: str | None = None  # id of the last cycle this service ran
         self._channel = None
         self.scheduler = None
+
+    def dask_client(self) -> Any:
+        """The Dask client the cycles run their models on (``[compute] engine = "dask"``
+        on a grid site; else None). Opened on first use and kept until :meth:`close`, so
+        the cluster (and the workers' compiled kernels) serve every cycle."""
+        if self.cfg.compute.engine != "dask" or not self.cfg.has_grid:
+            return None
+        if self._client is None:
+            from .national.cluster import dask_client
+
+            stack = contextlib.ExitStack()
+            self._client = stack.enter_context(dask_client(self.cfg.compute))
+            self._dask = stack
+            log.info("cycles run their models on Dask (dashboard %s)", self._client.dashboard_link)
+        return self._client
+
+    def close(self) -> None:
+        """Close the Dask cluster or connection, if one was opened (idempotent)."""
+        if self._dask is not None:
+            stack, self._dask, self._client = self._dask, None, None
+            stack.close()
 
     @property
     def channel(self):
@@ -325,7 +349,8 @@ class Service:
         keeper.start()
         try:
             res = run_cycle(self.site, self.cfg, self.store, self.inputs, at, channel=None,
-                            drill=self.drill, write_depth=self.cfg.service.write_depth)
+                            drill=self.drill, write_depth=self.cfg.service.write_depth,
+                            client=self.dask_client())
         except USER_ERRORS as exc:
             rec = CycleRecord(at, utcnow(), time.perf_counter() - t0, False, str(exc))
             self.state.last_error = f"{at:%Y-%m-%d %H:%M}Z: {exc}"
@@ -412,6 +437,7 @@ class Service:
         """Stop taking jobs, let the running ones (a cycle, a dispatch batch) finish."""
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=True)
+        self.close()
         self.state.running = False
         log.info("scheduler stopped; the outbox is consistent (claims are recovered on restart)")
 

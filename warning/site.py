@@ -110,7 +110,13 @@ class Site:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def load(cls, cfg: Config) -> "Site":
+    def load(cls, cfg: Config, *, client=None, progress=None, force: bool = False) -> "Site":
+        """The site of ``cfg``, its terrain prepared (from the cache when there is one).
+
+        The terrain is needed to place zones and gauges; ``client``, ``progress`` and
+        ``force`` go to :meth:`prepare` (a Dask client for ``engine = "dask"``, a stage
+        callback, recompute even if cached).
+        """
         if not cfg.has_grid:
             return GaugeOnlySite(cfg)
         dem_path = cfg.path(cfg.site.dem)
@@ -137,6 +143,7 @@ class Site:
         else:
             cn = np.full(dem.shape, cfg.site.curve_number_constant, dtype=np.float32)
         site = cls(cfg, dem, profile, cn)
+        site._terrain = site.prepare(force=force, client=client, progress=progress)
         site._load_zones()
         return site
 
