@@ -28,11 +28,13 @@ The epsilon variant is tiled differently. Its result is the unique solution of
 :func:`models.terrain.fill_depressions`), which holds cell by cell, so a tile whose
 neighbours' values are known is solved exactly by the single-machine kernel run on the
 tile with those values as a fixed ring around it (:func:`epsilon_tile`). The caller
-starts the ring from the plain fill (a lower bound, known from steps 1-2 without a
-fix-up pass) and re-solves the tiles whose ring changed until none does; at that point
-every tile satisfies the equation with its true neighbours, so the grid is the
-single-machine result. Rounds beyond the first are needed only where a raised flat's
-ULP staircase crosses a tile edge, and only for the tiles around it.
+starts every ring at +inf (an upper bound) and re-solves the tiles whose ring changed
+until none does: values only decrease, and the exact ones travel one tile per round
+from the outlets, so the rounds number about the tiles the longest drainage path
+crosses. At the end every tile satisfies the equation with its true neighbours, so the
+grid is the single-machine result. (Starting from the plain fill, a lower bound, is
+also exact but slow: two tiles sharing a raised flat lift each other's edge by one ULP
+per round, so the rounds grow with the flat's width.)
 
 Reference: Barnes, R. (2016), Parallel priority-flood depression filling for trillion
 cell digital elevation models on desktops or clusters, Computers & Geosciences 96,

@@ -17,16 +17,15 @@ the whole grid, but no worker ever holds more than one tile and its one-cell hal
    with ``scratch=``, from a Zarr group the first round wrote them to ("cache": about
    twice the grid's size on disk, half the compute).
 
-With ``epsilon=True`` (the fill the site pipeline uses) step 3 is replaced by rounds
-of :func:`models.tiled_fill.epsilon_tile`: the client keeps every tile's four sides,
-starting from the plain fill's (``max(z, level[label])`` of the perimeter cells step 1
-returned, so no fix-up pass is needed), and each round re-solves, with the ring of its
-neighbours' current sides, every tile next to a tile whose sides changed (all tiles in
-round one). It stops when no side changes; the grid then satisfies the epsilon fill's
-defining equation everywhere, so it is bit-for-bit
-``fill_depressions(dem, nodata, epsilon=True)``. Round one costs one more pass over the
-grid; later rounds touch only tiles where a raised flat's staircase of ULPs crosses a
-tile edge.
+With ``epsilon=True`` (the fill the site pipeline uses) there is no spill graph: rounds
+of :func:`models.tiled_fill.epsilon_tile` solve each tile with the ring of its
+neighbours' current sides, which the client keeps (+inf before a neighbour is solved;
+the first round reads the DEM's halo to know which ring cells are nodata). After each
+round, the tiles next to a tile whose sides changed are solved again; the rounds stop
+when no side changes. The grid then satisfies the epsilon fill's defining equation
+everywhere, so it is bit-for-bit ``fill_depressions(dem, nodata, epsilon=True)``.
+Values only decrease from the +inf start, so the rounds number about the tiles that the
+longest drainage path crosses, and each round solves only the tiles around a change.
 
 Tasks are pure functions of the stored input, so Dask may rerun any of them (a lost
 worker) without changing the result.
@@ -171,31 +170,41 @@ def _solve(grid: TileGrid, graphs: list[_TileGraph]) -> list[np.ndarray]:
 
 
 def _epsilon_task(src, dst, tile: Tile, nodata, halo: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    core = np.asarray(src[tile.slices])
-    out = epsilon_tile(core, halo, nodata)
+    """One tile of the epsilon fill given its ring; returns its sides (NaN on nodata).
+
+    In the first round the client does not know yet which ring cells are nodata: it
+    sends +inf for every ring cell, and the task masks the ring with the DEM's own halo.
+    """
+    if any(np.isposinf(v).any() for v in halo.values()):
+        block, core = read_block(src, tile)
+        ring_valid = _valid_mask(block, nodata)
+        dem = block[core]
+        halo = {k: v.copy() for k, v in halo.items()}
+        r0, c0 = core[0].start, core[1].start
+        h, w = dem.shape
+        rows = {"top": r0 - 1, "bottom": r0 + h}
+        for side, r in rows.items():
+            ring = halo[side]
+            if 0 <= r < block.shape[0]:  # else the grid ends there: the ring stays NaN
+                cols = np.arange(c0 - 1, c0 + w + 1)
+                inside = (cols >= 0) & (cols < block.shape[1])
+                ok = np.zeros(w + 2, dtype=bool)
+                ok[inside] = ring_valid[r, cols[inside]]
+                ring[~ok] = np.nan
+        for side, c in {"left": c0 - 1, "right": c0 + w}.items():
+            if 0 <= c < block.shape[1]:
+                halo[side][~ring_valid[r0:r0 + h, c]] = np.nan
+    else:
+        dem = np.asarray(src[tile.slices])
+    out = epsilon_tile(dem, halo, nodata)
     write_tile(dst, tile, out)
-    return perimeter_values(out, _valid_mask(core, nodata))
+    return perimeter_values(out, _valid_mask(dem, nodata))
 
 
-def _plain_sides(graphs: list[_TileGraph], levels: list[np.ndarray], wdt: np.dtype
-                 ) -> list[dict[str, np.ndarray]]:
-    """Every tile's sides of the plain (no-epsilon) fill, NaN on nodata, from step 1's
-    perimeters and the solved levels: ``max(z, level[label])``."""
-    out = []
-    for g, lv in zip(graphs, levels, strict=True):
-        sides = {}
-        for side in SIDES:
-            lab, z = g.perimeter[side]
-            v = np.maximum(z, lv[lab])
-            v[lab == 0] = np.nan
-            sides[side] = v.astype(wdt)
-        out.append(sides)
-    return out
-
-
-def _halo(grid: TileGrid, sides: list[dict[str, np.ndarray]], tl: Tile, wdt: np.dtype
+def _halo(grid: TileGrid, sides: list[dict[str, np.ndarray] | None], tl: Tile, wdt: np.dtype
           ) -> dict[str, np.ndarray]:
-    """The ring of cells around ``tl`` from its neighbours' current sides (NaN off the grid)."""
+    """The ring of cells around ``tl`` from its neighbours' current sides: NaN off the
+    grid, +inf where a neighbour has not been solved yet (an upper bound)."""
     h, w = tl.shape
     top = np.full(w + 2, np.nan, dtype=wdt)
     bottom = np.full(w + 2, np.nan, dtype=wdt)
@@ -204,28 +213,34 @@ def _halo(grid: TileGrid, sides: list[dict[str, np.ndarray]], tl: Tile, wdt: np.
 
     def at(r: int, c: int) -> dict[str, np.ndarray] | None:
         if 0 <= r < grid.n_rows and 0 <= c < grid.n_cols:
-            return sides[grid.index(grid[r, c])]
+            return sides[grid.index(grid[r, c])] or _UNKNOWN
         return None
 
     r, c = tl.row, tl.col
     for ring, rr, near in ((top, r - 1, "bottom"), (bottom, r + 1, "top")):
         if (s := at(rr, c)) is not None:
-            ring[1:-1] = s[near]
+            ring[1:-1] = s.get(near, np.inf)
         if (s := at(rr, c - 1)) is not None:
-            ring[0] = s[near][-1]
+            ring[0] = s[near][-1] if near in s else np.inf
         if (s := at(rr, c + 1)) is not None:
-            ring[-1] = s[near][0]
+            ring[-1] = s[near][0] if near in s else np.inf
     if (s := at(r, c - 1)) is not None:
-        left[:] = s["right"]
+        left[:] = s.get("right", np.inf)
     if (s := at(r, c + 1)) is not None:
-        right[:] = s["left"]
+        right[:] = s.get("left", np.inf)
     return {"top": top, "bottom": bottom, "left": left, "right": right}
 
 
-def _epsilon_rounds(grid: TileGrid, src, dst, nodata, sides: list[dict[str, np.ndarray]],
-                    wdt: np.dtype, client, run: str) -> int:
-    """Re-solve tiles until no tile's sides change; returns the number of rounds."""
+#: the sides of a tile not solved yet: every cell +inf
+_UNKNOWN: dict[str, np.ndarray] = {}
+
+
+def _epsilon_rounds(grid: TileGrid, src, dst, nodata, wdt: np.dtype, client, run: str) -> int:
+    """Solve tiles, starting from +inf sides, until no tile's sides change; the number of
+    rounds. The sides only decrease (from an upper bound), so the rounds end after about
+    as many as tile edges that the longest drainage path crosses, plus one."""
     task = dask.delayed(_epsilon_task, pure=True)
+    sides: list[dict[str, np.ndarray] | None] = [None] * len(grid)
     dirty = set(range(len(grid)))
     rounds = 0
     while dirty:
@@ -237,14 +252,18 @@ def _epsilon_rounds(grid: TileGrid, src, dst, nodata, sides: list[dict[str, np.n
                     for t, tl in zip(todo, tiles, strict=True)], client)
         dirty = set()
         for t, tl, got in zip(todo, tiles, new, strict=True):
-            if all(np.array_equal(got[k], sides[t][k], equal_nan=True) for k in SIDES):
-                continue
+            old = sides[t]
             sides[t] = got
-            for dr in (-1, 0, 1):
-                for dc in (-1, 0, 1):
-                    r, c = tl.row + dr, tl.col + dc
-                    if (dr or dc) and 0 <= r < grid.n_rows and 0 <= c < grid.n_cols:
-                        dirty.add(grid.index(grid[r, c]))
+            if old is None:  # +inf before: changed where anything is finite now
+                changed = any(np.isfinite(got[k]).any() for k in SIDES)
+            else:
+                changed = not all(np.array_equal(got[k], old[k], equal_nan=True) for k in SIDES)
+            if changed:
+                for dr in (-1, 0, 1):
+                    for dc in (-1, 0, 1):
+                        r, c = tl.row + dr, tl.col + dc
+                        if (dr or dc) and 0 <= r < grid.n_rows and 0 <= c < grid.n_cols:
+                            dirty.add(grid.index(grid[r, c]))
         log.info("epsilon round %d: %d tiles solved, %d to redo", rounds, len(todo), len(dirty))
     return rounds
 
@@ -288,7 +307,8 @@ def fill_tiled(source, dest, *, tile: tuple[int, int] | None = None, nodata=None
     epsilon : bool
         Priority-Flood+epsilon (the fill the site pipeline uses). The result is float:
         float32 for a float32 DEM, float64 otherwise, as on a single machine. The
-        number of relaxation rounds is stored in ``dest.attrs["epsilon_rounds"]``.
+        number of rounds is stored in ``dest.attrs["epsilon_rounds"]``; ``scratch`` is
+        not used.
 
     Returns
     -------
@@ -319,17 +339,15 @@ def fill_tiled(source, dest, *, tile: tuple[int, int] | None = None, nodata=None
     tiles = list(grid)
     run = uuid.uuid4().hex[:12]  # unique task keys per call (a retry keeps its key)
     log.info("tiled fill of %s cells in %d tiles of %s", src.shape, len(tiles), tile)
+    if epsilon:
+        rounds = _epsilon_rounds(grid, src, dst, nodata, work_dtype(src.dtype), client, run)
+        dst.attrs["epsilon_rounds"] = rounds
+        return dst
     flood = dask.delayed(_flood_task, pure=True)
-    cache = None if scratch is None or epsilon else _make_scratch(scratch, src, tile)
+    cache = None if scratch is None else _make_scratch(scratch, src, tile)
     graphs = _run([flood(src, tl, nodata, cache, dask_key_name=f"fill-flood-{run}-{grid.index(tl)}")
                    for tl in tiles], client)
     levels = _solve(grid, graphs)
-    if epsilon:
-        wdt = work_dtype(src.dtype)
-        rounds = _epsilon_rounds(grid, src, dst, nodata, _plain_sides(graphs, levels, wdt), wdt,
-                                 client, run)
-        dst.attrs["epsilon_rounds"] = rounds
-        return dst
     if cache is None:
         fix = dask.delayed(_fixup_task, pure=True)
         fixups = [fix(src, dst, tl, nodata, levels[grid.index(tl)],
