@@ -139,6 +139,16 @@ def _dy(dx: float, dy) -> tuple[float, float]:
 
 # --------------------------------------------------------------------------- kernels
 @numba.njit(cache=True, inline="always")
+def _neighbour(r, c, k, ny, nx):
+    """Flat index of the ``k``-th 8-neighbour (``_DR``, ``_DC``) of (r, c), -1 off the grid."""
+    rr = r + _DR[k]
+    cc = c + _DC[k]
+    if rr < 0 or rr >= ny or cc < 0 or cc >= nx:
+        return -1
+    return rr * nx + cc
+
+
+@numba.njit(cache=True, inline="always")
 def _heap_push(hz, hi, size, z, idx):
     """Push (z, idx) onto a 4-ary min-heap on z stored in two arrays; return the new size.
 

@@ -49,7 +49,8 @@ import numba
 import numpy as np
 
 from models.errors import ModelError, as_2d
-from models.terrain import _DC, _DR, _fill_depressions_numba, _heap_grow, _heap_pop, _heap_push, _valid_mask
+from models.terrain import (_DC, _DR, _fill_depressions_numba, _heap_grow, _heap_pop, _heap_push, _neighbour,
+                            _valid_mask)
 
 __all__ = ["OCEAN", "TileFlood", "epsilon_tile", "fixup_tile", "flood_tile", "perimeter_values",
            "solve_spill_graph", "work_dtype"]
@@ -247,6 +248,68 @@ def _solve_spill_graph_numba(n, a, b, w):
     return level
 
 
+@numba.njit(cache=True, nogil=True)
+def _epsilon_lower_numba(f, z, fixed, inf):
+    """Lower an epsilon-filled padded tile ``f`` in place after its ring went down.
+
+    ``f`` holds the tile's previous solution inside and the new ring values on its
+    border; ``z`` the elevations; ``fixed`` marks cells never changed (outlets, nodata,
+    the ring). Every valid ring cell is a start; a popped cell offers each neighbour
+    ``max(z, nextafter(f))`` and a lower offer replaces the neighbour's value and pushes
+    it. Values only go down, in increasing order (a Dijkstra from the ring), so the
+    result is the fixed point of the tile's equation with the new ring, the same as
+    solving the tile again, but the work is only where values change.
+    """
+    ny, nx = f.shape
+    ff = f.ravel()
+    zf = z.ravel()
+    fx = fixed.ravel()
+    cap = max(1024, 4 * (ny + nx))
+    hz = np.empty(cap, dtype=f.dtype)
+    hi = np.empty(cap, dtype=np.int32)
+    size = 0
+    for r in range(ny):
+        for c in range(nx):
+            if r == 0 or r == ny - 1 or c == 0 or c == nx - 1:
+                i = r * nx + c
+                if ff[i] == ff[i] and ff[i] < inf:  # a valid ring cell with a value
+                    if size == hz.size:
+                        hz, hi = _heap_grow(hz, hi, size)
+                    size = _heap_push(hz, hi, size, ff[i], i)
+    changed = 0
+    while size > 0:
+        zc = hz[0]
+        i = hi[0]
+        size = _heap_pop(hz, hi, size)
+        if zc > ff[i]:  # stale: lowered again after this entry was pushed
+            continue
+        spill = np.nextafter(zc, inf)
+        r = i // nx
+        c = i - r * nx
+        for k in range(8):
+            j = _neighbour(r, c, k, ny, nx)
+            if j < 0 or fx[j]:
+                continue
+            offer = zf[j] if zf[j] > spill else spill
+            if offer < ff[j]:
+                ff[j] = offer
+                changed += 1
+                if size == hz.size:
+                    hz, hi = _heap_grow(hz, hi, size)
+                size = _heap_push(hz, hi, size, offer, j)
+    return changed
+
+
+def _outlets(valid: np.ndarray) -> np.ndarray:
+    """Valid cells with an invalid 8-neighbour or on the array's edge."""
+    inv = np.ones((valid.shape[0] + 2, valid.shape[1] + 2), dtype=bool)
+    inv[1:-1, 1:-1] = ~valid
+    nb = np.zeros(valid.shape, dtype=bool)
+    for dr, dc in zip(_DR, _DC, strict=True):
+        nb |= inv[1 + dr:1 + dr + valid.shape[0], 1 + dc:1 + dc + valid.shape[1]]
+    return valid & nb
+
+
 # --------------------------------------------------------------------------- public API
 def work_dtype(dtype) -> np.dtype:
     """The float dtype a DEM of ``dtype`` is filled in (float32 stays, others float64)."""
@@ -328,12 +391,7 @@ def flood_tile(block, core: tuple[slice, slice], nodata=None, *, edges: bool = T
     valid = np.ascontiguousarray(_valid_mask(a, nodata))
     # a cell is a true outlet when a neighbour is nodata or outside the block: the block
     # only ends where the grid ends (elsewhere the halo continues it)
-    inv = np.ones((a.shape[0] + 2, a.shape[1] + 2), dtype=bool)
-    inv[1:-1, 1:-1] = ~valid
-    nb = np.zeros(a.shape, dtype=bool)
-    for dr, dc in zip(_DR, _DC, strict=True):
-        nb |= inv[1 + dr:1 + dr + a.shape[0], 1 + dc:1 + dc + a.shape[1]]
-    outlet = np.ascontiguousarray((valid & nb)[core])
+    outlet = np.ascontiguousarray(_outlets(valid)[core])
     cv = np.ascontiguousarray(valid[core])
     core_z = a[core]
     if core_z.dtype.kind in "iu" and np.abs(core_z).max(initial=0) > 2**53:
@@ -423,7 +481,7 @@ def perimeter_values(filled, valid) -> dict[str, np.ndarray]:
             "right": f[:, -1].copy()}
 
 
-def epsilon_tile(core, halo: dict[str, np.ndarray], nodata=None) -> np.ndarray:
+def epsilon_tile(core, halo: dict[str, np.ndarray], nodata=None, previous=None) -> np.ndarray:
     """Priority-Flood+epsilon of one tile, given the values of the cells around it.
 
     Parameters
@@ -436,6 +494,11 @@ def epsilon_tile(core, halo: dict[str, np.ndarray], nodata=None) -> np.ndarray:
         each, corners included), ``"left"`` and ``"right"`` (``h`` each).
     nodata : float or int, optional
         As in :func:`models.terrain.fill_depressions`.
+    previous : ndarray (h, w), optional
+        This function's result for the same tile with a ring that was nowhere lower
+        than ``halo`` (and nodata in the same places). The tile is then lowered from
+        the ring where the ring went down instead of being solved from scratch: the
+        same result, with work only where values change.
 
     Returns
     -------
@@ -470,7 +533,18 @@ def epsilon_tile(core, halo: dict[str, np.ndarray], nodata=None) -> np.ndarray:
     valid[1:-1, 1:-1] = cv
     if p.size >= 2**31:
         raise ModelError(f"tile has {a.size} cells; use tiles under 2**31 cells.")
-    _fill_depressions_numba(p, np.ascontiguousarray(valid), True, wdt.type(np.inf))
+    if previous is None:
+        _fill_depressions_numba(p, np.ascontiguousarray(valid), True, wdt.type(np.inf))
+    else:
+        prev = np.asarray(previous)
+        if prev.shape != a.shape:
+            raise ModelError(f"previous has shape {prev.shape}; the tile is {a.shape}.")
+        z = p.copy()
+        p[1:-1, 1:-1] = prev
+        fixed = ~valid | _outlets(valid)
+        fixed[[0, -1], :] = True
+        fixed[:, [0, -1]] = True
+        _epsilon_lower_numba(p, z, np.ascontiguousarray(fixed), wdt.type(np.inf))
     out = p[1:-1, 1:-1].copy()
     if not cv.all():
         out[~cv] = a[~cv]

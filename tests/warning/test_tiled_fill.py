@@ -179,6 +179,30 @@ def test_tiled_epsilon_dtypes(dtype, nodata, tile):
     assert_bit_identical(fill_array(z, tile=tile, nodata=nodata, epsilon=True), ref)
 
 
+def test_epsilon_tile_lowered_from_its_previous_solution_equals_a_fresh_solve():
+    """When a tile's ring goes down, lowering its stored solution gives what solving it
+    from scratch with the new ring gives (the rounds rely on it)."""
+    from models.tiled_fill import epsilon_tile
+
+    rng = np.random.default_rng(5)
+    mattered = 0
+    for trial in range(30):
+        core = make_dem(trial, (23, 31), nodata=-9999.0 if trial % 2 else None)
+        h, w = core.shape
+        high = {k: rng.uniform(18, 30, n).astype(np.float32)
+                for k, n in (("top", w + 2), ("bottom", w + 2), ("left", h), ("right", h))}
+        high["top"][:] = np.inf if trial % 3 == 0 else high["top"]  # a side not solved yet
+        high["left"][rng.random(h) < 0.2] = np.nan  # nodata next to the tile
+        low = {k: np.where(rng.random(v.size) < 0.5, v - rng.uniform(0, 8, v.size), v).astype(np.float32)
+               for k, v in high.items()}
+        low["top"][np.isinf(low["top"])] = rng.uniform(15, 25)
+        before = epsilon_tile(core, high, -9999.0)
+        fresh = epsilon_tile(core, low, -9999.0)
+        mattered += not np.array_equal(before, fresh, equal_nan=True)
+        assert_bit_identical(epsilon_tile(core, low, -9999.0, previous=before), fresh)
+    assert mattered >= 10  # the lower ring changed the tile in many trials
+
+
 @pytest.mark.parametrize("n", [48, 144])
 def test_tiled_epsilon_staircase_across_many_tiles(n):
     """One flat lake over 8x8 tiles draining at one corner: its ULP staircase climbs

@@ -169,11 +169,13 @@ def _solve(grid: TileGrid, graphs: list[_TileGraph]) -> list[np.ndarray]:
             for t in range(len(graphs))]
 
 
-def _epsilon_task(src, dst, tile: Tile, nodata, halo: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _epsilon_task(src, dst, tile: Tile, nodata, halo: dict[str, np.ndarray],
+                  again: bool) -> dict[str, np.ndarray]:
     """One tile of the epsilon fill given its ring; returns its sides (NaN on nodata).
 
     In the first round the client does not know yet which ring cells are nodata: it
     sends +inf for every ring cell, and the task masks the ring with the DEM's own halo.
+    A tile solved ``again`` is lowered from its stored values where its ring went down.
     """
     if any(np.isposinf(v).any() for v in halo.values()):
         block, core = read_block(src, tile)
@@ -196,7 +198,7 @@ def _epsilon_task(src, dst, tile: Tile, nodata, halo: dict[str, np.ndarray]) -> 
                 halo[side][~ring_valid[r0:r0 + h, c]] = np.nan
     else:
         dem = np.asarray(src[tile.slices])
-    out = epsilon_tile(dem, halo, nodata)
+    out = epsilon_tile(dem, halo, nodata, previous=np.asarray(dst[tile.slices]) if again else None)
     write_tile(dst, tile, out)
     return perimeter_values(out, _valid_mask(dem, nodata))
 
@@ -235,6 +237,25 @@ def _halo(grid: TileGrid, sides: list[dict[str, np.ndarray] | None], tl: Tile, w
 _UNKNOWN: dict[str, np.ndarray] = {}
 
 
+def _facing(old: dict[str, np.ndarray] | None, new: dict[str, np.ndarray]) -> set[tuple[int, int]]:
+    """Offsets (rows, cols) of the neighbour tiles whose ring holds a side cell that changed."""
+    out: set[tuple[int, int]] = set()
+    for side, (dr, dc) in {"top": (-1, 0), "bottom": (1, 0), "left": (0, -1), "right": (0, 1)}.items():
+        v = new[side]
+        was = np.full_like(v, np.inf) if old is None else old[side]
+        diff = ~((v == was) | (np.isnan(v) & np.isnan(was)) | (np.isnan(v) & np.isposinf(was)))
+        if not diff.any():
+            continue
+        out.add((dr, dc))
+        # a corner cell is also in the ring of the diagonal neighbour (and of the one
+        # across the other side, which that side's own check covers)
+        if diff[0]:
+            out.add((dr, -1) if dr else (-1, dc))
+        if diff[-1]:
+            out.add((dr, 1) if dr else (1, dc))
+    return out
+
+
 def _epsilon_rounds(grid: TileGrid, src, dst, nodata, wdt: np.dtype, client, run: str) -> int:
     """Solve tiles, starting from +inf sides, until no tile's sides change; the number of
     rounds. The sides only decrease (from an upper bound), so the rounds end after about
@@ -247,23 +268,16 @@ def _epsilon_rounds(grid: TileGrid, src, dst, nodata, wdt: np.dtype, client, run
         rounds += 1
         todo = sorted(dirty)
         tiles = [grid[divmod(t, grid.n_cols)] for t in todo]
-        new = _run([task(src, dst, tl, nodata, _halo(grid, sides, tl, wdt),
+        new = _run([task(src, dst, tl, nodata, _halo(grid, sides, tl, wdt), sides[t] is not None,
                          dask_key_name=f"fill-eps-{run}-{rounds}-{t}")
                     for t, tl in zip(todo, tiles, strict=True)], client)
         dirty = set()
         for t, tl, got in zip(todo, tiles, new, strict=True):
-            old = sides[t]
-            sides[t] = got
-            if old is None:  # +inf before: changed where anything is finite now
-                changed = any(np.isfinite(got[k]).any() for k in SIDES)
-            else:
-                changed = not all(np.array_equal(got[k], old[k], equal_nan=True) for k in SIDES)
-            if changed:
-                for dr in (-1, 0, 1):
-                    for dc in (-1, 0, 1):
-                        r, c = tl.row + dr, tl.col + dc
-                        if (dr or dc) and 0 <= r < grid.n_rows and 0 <= c < grid.n_cols:
-                            dirty.add(grid.index(grid[r, c]))
+            old, sides[t] = sides[t], got
+            for dr, dc in _facing(old, got):
+                r, c = tl.row + dr, tl.col + dc
+                if 0 <= r < grid.n_rows and 0 <= c < grid.n_cols:
+                    dirty.add(grid.index(grid[r, c]))
         log.info("epsilon round %d: %d tiles solved, %d to redo", rounds, len(todo), len(dirty))
     return rounds
 
