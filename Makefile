@@ -26,12 +26,9 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/floodwarn prepare --config config/demo.toml
 	$(VENV)/bin/floodwarn demo --config config/demo.toml
 
-# The PostgreSQL tests run in a pytest process of their own: with them in the main run,
-# every test passes but the interpreter crashed on exit (psycopg beside the other native
-# libraries). They skip, with the reason, when FLOODWARN_TEST_POSTGRES_URL is not set.
+# The PostgreSQL tests skip, with the reason, when FLOODWARN_TEST_POSTGRES_URL is not set.
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -m "not postgres"
-	$(PY) -m pytest -m postgres
+	$(PY) -m pytest
 
 $(VENV)/.installed-bench: pyproject.toml $(VENV)/.installed
 	$(PIP) install -e '.[test,bench]'

@@ -10,6 +10,11 @@ from pathlib import Path
 
 import pytest
 
+try:  # psycopg's bundled libraries first, whatever a test imports (see warning.ingest.grid_sources.import_grib)
+    import psycopg  # noqa: F401
+except ImportError:
+    pass
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 DEMO_CONFIG = REPO / "config" / "demo.toml"

@@ -262,3 +262,20 @@ def test_an_older_database_gets_the_new_columns(db_url, monkeypatch):
     with store.session() as s:
         assert sorted(s.scalars(select(Subscriber.roster))) == ["drill", "public"]
     store.dispose()
+
+
+def test_grib_reader_beside_postgres_exits_cleanly(pg_url):
+    """eccodes and psycopg bundle different OpenLDAP libraries; with eccodes' loaded first,
+    a process that had connected to PostgreSQL crashed at exit (SIGSEGV in a library
+    destructor). The GRIB reader loads psycopg's first; the oracle is the exit status."""
+    import importlib.util
+
+    if importlib.util.find_spec("cfgrib") is None:
+        pytest.skip("cfgrib is not installed: the GRIB reader is the 'grib' extra")
+    url = pg_url.split("?")[0].replace("postgresql+psycopg://", "postgresql://")
+    code = ("from warning.ingest.grid_sources import import_grib; import_grib()\n"
+            "import psycopg\n"
+            f"psycopg.connect({url!r}).close()\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=str(REPO))
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])

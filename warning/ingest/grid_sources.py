@@ -459,6 +459,22 @@ class GeotiffSequenceSource(_FrameSequenceSource):
 
 
 # ---------------------------------------------------------------------- GRIB2
+
+def import_grib() -> None:
+    """Import cfgrib and eccodes, the GRIB reader's optional packages.
+
+    The wheels of psycopg (binary) and of eccodes each bundle their own OpenLDAP and
+    SASL libraries (2.6 and 2.4). When eccodes' copies are loaded first and a PostgreSQL
+    connection is then made, the process crashes at exit: a library destructor frees
+    memory through the other copy's symbols. Loading psycopg's first avoids that, so it
+    is imported here when it is installed.
+    """
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pass
+    import cfgrib  # noqa: F401
+
 class Grib2Source(_FrameSequenceSource):
     """GRIB2 rain grids on a regular lat/lon grid, read with cfgrib + eccodes (optional).
 
@@ -473,7 +489,7 @@ class Grib2Source(_FrameSequenceSource):
     def __init__(self, path: Path, pattern: str = "*.grib2", variable: str = "tp", units: str = "mm",
                  interval_minutes: float | None = 60.0, max_missing: float = 0.02):
         try:
-            import cfgrib  # noqa: F401
+            import_grib()
         except Exception as exc:  # ImportError, or RuntimeError when the eccodes library is absent
             raise IngestError(
                 f"GRIB2 input ({path}) needs the optional packages cfgrib and eccodes, which are not "
