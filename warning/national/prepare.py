@@ -25,6 +25,7 @@ import dask
 import numpy as np
 import zarr
 
+from models import terrain
 from models.terrain import _valid_mask
 
 from . import flow
@@ -63,8 +64,7 @@ def _drainage_task(acc: str, dem, out: str, r0: int, r1: int, c0: int, c1: int, 
                    threshold: float) -> None:
     a = np.asarray(zarr.open_array(acc, mode="r")[r0:r1, c0:c1])
     z = np.asarray(open_grid(dem)[r0:r1, c0:c1])
-    with np.errstate(invalid="ignore"):
-        mask = (a >= threshold) & _valid_mask(z, nodata)
+    mask = terrain.drainage_network(a, threshold) & _valid_mask(z, nodata)
     zarr.open_array(out, mode="r+")[r0:r1, c0:c1] = mask.astype(np.uint8)
 
 
