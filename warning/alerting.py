@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -28,34 +27,12 @@ from alerts.messages import render_sms, sms_context
 from alerts.notices import NoticeContext, ZoneInfo, build_notice, notice_html_url, notice_url
 
 from .config import Config
-from .secrets import env_secret
 from .site import Site
+from .operators import make_channel
 from .outbox import Dispatcher, queue_fanout
 from .storage import AlertRow, ApprovalRow, Store, ZoneStateRow, utcnow
 
 log = logging.getLogger(__name__)
-
-
-def make_channel(cfg: Config) -> Channel:
-    """The SMS channel the config asks for: Twilio when credentials are set ("auto")."""
-    sid = env_secret("TWILIO_ACCOUNT_SID")
-    token = env_secret("TWILIO_AUTH_TOKEN")
-    choice = cfg.channels.sms
-    if choice == "auto":
-        choice = "twilio" if sid and token else "file"
-    if choice == "twilio":
-        if not (sid and token):
-            from .errors import ConfigError
-            raise ConfigError("channels.sms: 'twilio' needs TWILIO_ACCOUNT_SID and "
-                              "TWILIO_AUTH_TOKEN in the environment")
-        tw = cfg.channels.twilio
-        return get_channel("twilio", account_sid=sid, auth_token=token,
-                           from_number=tw.from_number,
-                           messaging_service_sid=tw.messaging_service_sid,
-                           base_url=os.environ.get("FLOODWARN_TWILIO_BASE_URL") or None,
-                           status_callback=tw.status_callback,
-                           validity_period=tw.validity_period_s)
-    return get_channel("file", path=cfg.output_dir / cfg.channels.sms_log)
 
 
 def _state_from_row(row: ZoneStateRow | None) -> ZoneState:

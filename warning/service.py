@@ -27,10 +27,11 @@ from typing import Any, Callable
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from .alerting import make_channel, make_dispatcher, publisher
+from .alerting import make_dispatcher, publisher
 from .config import Config
 from .errors import USER_ERRORS
 from .gauge_cycle import newest_good_time
+from .operators import make_channel, tell_operators
 from .outbox import release_due
 from .pipeline import Inputs, run_cycle
 from .site import Site
@@ -221,26 +222,13 @@ class Service:
             feed.state = f"error: {exc}"
         return feed
 
-    def _data_problem(self, at: datetime, problem: str) -> None:
+    def _data_problem(self, at: datetime, problem: str, event: str = "data_problem") -> None:
         """Tell the operators: the log, the console (audit), and SMS to the roster if any."""
-        log.warning("data problem: %s", problem)
-        with self.store.session.begin() as s:
-            self.store.audit(s, "data_problem", {"problem": problem}, time=at)
-        roster = self.cfg.service.operator_phones
-        if not roster:
-            return
-        from alerts.channels import OutgoingMessage, mask_phone
-        from alerts.errors import DeliveryError
-
-        from .subscribers import normalise_phone
-
-        body = f"floodwarn {self.cfg.site.name}: {problem}"[:300]
-        for i, phone in enumerate(roster):
-            try:
-                to = normalise_phone(phone, self.cfg.subscribers.default_region)
-                self.channel.send(OutgoingMessage(to=to, body=body, key=f"ops:{at:%Y%m%dT%H%M%S}:{i}"))
-            except (DeliveryError, *USER_ERRORS) as exc:
-                log.error("could not text operator %s about the data problem: %s", mask_phone(phone), exc)
+        try:
+            channel = self.channel if self.cfg.service.operator_phones else None
+        except USER_ERRORS:  # tell_operators reports why it cannot text
+            channel = None
+        tell_operators(self.cfg, self.store, problem, at=at, event=event, channel=channel)
 
     def due(self, now: datetime) -> tuple[bool, str]:
         """Whether a cycle should run at ``now``: new forecast or gauge data, or the maximum gap."""
