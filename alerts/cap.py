@@ -8,7 +8,8 @@ profile):
 - ``identifier`` and ``sender`` contain no spaces, commas, ``<`` or ``&``;
 - ``Update`` and ``Cancel`` messages reference earlier messages, and public
   ``Alert``/``Update`` messages carry at least one ``<info>``;
-- datetimes have an explicit offset, no fractional seconds and no ``Z``;
+- datetimes have an explicit offset, no fractional seconds and no ``Z``; UTC is written
+  ``-00:00`` (CAP 1.2 section 3.3.2), and read in any offset (``+00:00`` too);
 - polygons have at least four closed ``lat,lon`` pairs with at most six decimals
   (an open ring is closed for the caller), circles are ``lat,lon radius_km``;
 - every enumerated value is one CAP allows, and ``effective`` is not after ``expires``.
@@ -68,7 +69,9 @@ def format_cap_time(dt: datetime) -> str:
     Returns
     -------
     str
-        e.g. ``2026-03-14T06:00:00+00:00``: explicit offset, no fraction, no ``Z``.
+        e.g. ``2026-03-14T06:00:00-00:00``: explicit offset, no fraction, no ``Z``; UTC
+        (any zero offset) is ``-00:00``, as CAP 1.2 section 3.3.2 requires, other offsets
+        as they are (``2026-03-14T01:00:00-05:00``).
 
     Raises
     ------
@@ -88,11 +91,16 @@ def format_cap_time(dt: datetime) -> str:
     text = dt.replace(microsecond=0).isoformat()
     if not _TIME_RE.fullmatch(text):  # defensive: isoformat of an aware datetime always fits
         raise ValueError(f"cannot format {dt!r} as a CAP time")
+    if not offset:
+        text = text[:-6] + "-00:00"
     return text
 
 
 def parse_cap_time(text: str) -> datetime:
     """Parse a CAP 1.2 datetime (``YYYY-MM-DDThh:mm:ss+hh:mm``) strictly.
+
+    Any offset is read, UTC as ``-00:00`` (what CAP requires) or ``+00:00`` (what other
+    writers, and floodwarn before, wrote); both give an aware UTC datetime.
 
     Raises
     ------
@@ -102,7 +110,7 @@ def parse_cap_time(text: str) -> datetime:
     value = (text or "").strip()
     if not _TIME_RE.fullmatch(value):
         raise CapError(
-            f"CAP time {value!r} must look like 2026-03-14T06:00:00+00:00 "
+            f"CAP time {value!r} must look like 2026-03-14T06:00:00-00:00 "
             "(explicit offset, no fractional seconds, no 'Z')"
         )
     try:

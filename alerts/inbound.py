@@ -12,9 +12,12 @@ kind        what the resident sends                                      argumen
             OPTOUT (alone, as Twilio requires)
 ``start``   START, YES, UNSTOP (alone)                                   ""
 ``help``    HELP, INFO (alone)                                           ""
+``delete``  DELETE, BORRAR (alone): erase my number                      ""
 ``join``    ``JOIN <zone code>``                                         the zone code
 ``lang``    ``LANG <2-letter code>``                                     code, lower case
-``report``  ``REPORT <what you see>``                                    the text
+``report``  ``REPORT <what you see>``                                    the text, with
+                                                                         phone numbers
+                                                                         removed
 ``unknown`` anything else (see :attr:`InboundCommand.problem`)           ""
 ==========  ===========================================================  ==============
 
@@ -22,11 +25,17 @@ The opt-out, opt-in and help words are those Twilio handles itself on long codes
 toll-free numbers: it matches the *whole* message as a single word, so ``"stop please"``
 is not an opt-out there, and it is not one here either (the reply says to send STOP on
 its own). Keeping the same rule keeps our subscriber list and Twilio's block list in step.
+DELETE (or BORRAR) must be alone too: it erases the resident's number for good, so
+``"delete the last message"`` is not taken for it.
+
+A report is kept, so a phone number typed into one (the resident's, a neighbour's) is
+replaced by :data:`NUMBER_REMOVED` (:func:`redact_numbers`) before anything stores it.
 
 :func:`reply_text` gives the answer to send back, in English or Spanish
 (:data:`REPLY_LANGUAGES`). English replies fit one GSM-7 segment (160 characters) with
 a sender name of up to about 30 characters; Spanish needs letters outside GSM-7 (á, í,
-ó, ú), so Spanish replies go as UCS-2 and take one or two segments.
+ó, ú), so Spanish replies go as UCS-2 and take one or two segments (HELP, which names
+every command, with a sender name of up to about 25 characters).
 """
 
 from __future__ import annotations
@@ -37,15 +46,17 @@ from dataclasses import dataclass
 
 from alerts.channels import mask_phones_in
 
-KINDS = ("stop", "start", "help", "join", "lang", "report", "unknown")
+KINDS = ("stop", "start", "help", "delete", "join", "lang", "report", "unknown")
 """Every value :attr:`InboundCommand.kind` can take."""
 
 STOP_WORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE",
                         "OPTOUT"})
 START_WORDS = frozenset({"START", "YES", "UNSTOP"})
 HELP_WORDS = frozenset({"HELP", "INFO"})
+DELETE_WORDS = frozenset({"DELETE", "BORRAR"})
+"""Erase my number (English and Spanish); not a Twilio keyword, so it reaches us."""
 _ALONE_WORDS = {**dict.fromkeys(STOP_WORDS, "stop"), **dict.fromkeys(START_WORDS, "start"),
-                **dict.fromkeys(HELP_WORDS, "help")}
+                **dict.fromkeys(HELP_WORDS, "help"), **dict.fromkeys(DELETE_WORDS, "delete")}
 _ARG_WORDS = {"JOIN": "join", "LANG": "lang", "REPORT": "report"}
 
 MAX_REPORT_CHARS = 1000
@@ -61,6 +72,21 @@ PROBLEMS = ("empty", "unknown_word", "not_alone", "join_no_zone", "extra_words",
 _WORD_SHOWN = 20  # characters of a resident's unknown word echoed in problems and replies
 _LANG_RE = re.compile(r"^[a-z]{2}$")
 
+NUMBER_REMOVED = "[number removed]"
+"""What :func:`redact_numbers` puts in place of a phone number."""
+
+# A phone number in free text: an optional + or (, then digits with single spaces, dashes,
+# dots or parentheses between them; it counts when it holds 7 digits or more.
+_NUMBER_RUN = re.compile(r"\+?\(?\d(?:[ .()-]{0,2}\d)*\)?")
+# What must survive although it is made of digits and those separators: dates
+# (2025-11-14, 14.11.2025, 14-11-25) and times (14:30) are never part of a number ...
+_NOT_A_NUMBER = re.compile(
+    r"(?<![\d.])(?:\d{4}[-./]\d{1,2}[-./]\d{1,2}"
+    r"|\d{1,2}[-./]\d{1,2}[-./](?:\d{4}|\d{2})"
+    r"|\d{1,2}:\d{2}(?::\d{2})?)(?![\d.])")
+# ... and decimals (0.5, 51.5074 -0.1278) are kept unless a number runs into them
+_DECIMAL = re.compile(r"\(?[-+]?\d{1,4}\.\d{1,8}\)?")
+
 
 @dataclass(frozen=True)
 class InboundCommand:
@@ -73,7 +99,8 @@ class InboundCommand:
     argument : str
         The zone code for ``join`` (as typed, punctuation around it removed), the
         language code for ``lang`` (lower case), the report text for ``report``
-        (trimmed, at most :data:`MAX_REPORT_CHARS` characters); ``""`` otherwise.
+        (trimmed, at most :data:`MAX_REPORT_CHARS` characters, phone numbers replaced
+        by :data:`NUMBER_REMOVED`); ``""`` otherwise.
     problem : str
         For ``unknown``: what is wrong, in English, precise enough for the audit log
         (any phone number in the echoed text is masked). ``""`` otherwise.
@@ -98,6 +125,57 @@ class InboundCommand:
         if self.kind == "unknown" and self.problem_code not in PROBLEMS:
             raise ValueError(f"InboundCommand problem_code {self.problem_code!r}: expected one of "
                              f"{', '.join(PROBLEMS)}")
+
+
+def redact_numbers(text: str) -> str:
+    """``text`` with every phone number replaced by :data:`NUMBER_REMOVED`.
+
+    A phone number is a run of 7 or more digits, with an optional leading ``+`` and
+    spaces, dashes, dots or parentheses between the digits. Dates and times are kept,
+    and so are decimals (depths, coordinates) unless they are written on to a number
+    (``07700 900.123`` is one).
+
+    Examples
+    --------
+    >>> redact_numbers("water 0.5 m deep at 14:30 on 2025-11-14, call me on 07700 900123")
+    'water 0.5 m deep at 14:30 on 2025-11-14, call me on [number removed]'
+    >>> redact_numbers("ring +44 (0)20 7946-0958 or 555.867.5309")
+    'ring [number removed] or [number removed]'
+    """
+    out = []
+    pos = 0
+    for kept in _NOT_A_NUMBER.finditer(text):
+        out.append(_redact_run(text[pos:kept.start()]))
+        out.append(kept.group())
+        pos = kept.end()
+    out.append(_redact_run(text[pos:]))
+    return "".join(out)
+
+
+def _digits(text: str) -> int:
+    return sum(c.isdigit() for c in text)
+
+
+def _redact_run(text: str) -> str:
+    return _NUMBER_RUN.sub(_redact_match, text)
+
+
+def _redact_match(m: re.Match[str]) -> str:
+    """A run of digits and separators: kept if under 7 digits or made of decimals only;
+    otherwise removed, except for decimals at its ends that leave 7 digits or more."""
+    run = m.group()
+    if _digits(run) < 7:
+        return run
+    words = [(w.start(), w.end()) for w in re.finditer(r"\S+", run)]
+    decimal = [bool(_DECIMAL.fullmatch(run[a:b])) for a, b in words]
+    if all(decimal):
+        return run
+    first, last = 0, len(words) - 1
+    while decimal[first] and _digits(run[words[first + 1][0]:words[last][1]]) >= 7:
+        first += 1
+    while decimal[last] and _digits(run[words[first][0]:words[last - 1][1]]) >= 7:
+        last -= 1
+    return run[:words[first][0]] + NUMBER_REMOVED + run[words[last][1]:]
 
 
 def _is_trim(ch: str) -> bool:
@@ -131,7 +209,8 @@ def _unknown(code: str, problem: str, word: str = "") -> InboundCommand:
     return InboundCommand("unknown", problem=problem, problem_code=code, word=word)
 
 
-_COMMANDS_HINT = "send STOP, START, HELP, JOIN <zone code>, LANG <language code> or REPORT <text>"
+_COMMANDS_HINT = ("send STOP, START, HELP, JOIN <zone code>, LANG <language code>, REPORT <text> "
+                  "or DELETE")
 
 
 def parse_inbound(body: str) -> InboundCommand:
@@ -172,7 +251,7 @@ def parse_inbound(body: str) -> InboundCommand:
 
     kind = _ARG_WORDS.get(keyword)
     if kind == "report":
-        report = rest[:MAX_REPORT_CHARS].strip()
+        report = redact_numbers(rest[:MAX_REPORT_CHARS].strip())
         if not _trim(report):
             return _unknown("report_no_text", "REPORT needs a description of what you see, "
                             "e.g. REPORT water over the road at the bridge", "REPORT")
@@ -206,7 +285,8 @@ def parse_inbound(body: str) -> InboundCommand:
 
 # Replies by language, then (kind, outcome). ``{name}`` fields come from reply_text's
 # ``values``; ``{argument}`` and ``{word}`` from the command. Keywords stay in English
-# in every language: they are what Twilio and the parser recognise.
+# in every language: they are what Twilio and the parser recognise (DELETE's Spanish
+# twin BORRAR is the one exception, named in the Spanish replies).
 _REPLIES: dict[str, dict[tuple[str, str], str]] = {
     "en": {
         ("stop", "ok"): "",  # Twilio sends the opt-out confirmation itself
@@ -215,7 +295,11 @@ _REPLIES: dict[str, dict[tuple[str, str], str]] = {
         ("start", "not_subscribed"): "{sender}: this number gets no flood warnings yet. "
                                      "Text JOIN and your zone code to subscribe.",
         ("help", "ok"): "Flood warnings from {sender}. Text JOIN <zone>, LANG en or es, "
-                        "REPORT <what you see>. Text STOP to stop these messages.",
+                        "REPORT <what you see>, STOP to stop, DELETE to erase your number.",
+        ("delete", "ok"): "{sender}: your number is deleted. You will get no more flood "
+                          "warnings. Text JOIN and your zone code to subscribe again.",
+        ("delete", "not_subscribed"): "{sender}: this number is not on our list, so there is "
+                                      "nothing to delete.",
         ("join", "ok"): "{sender}: you will get flood warnings for {zone_name}. "
                         "Text STOP to stop, HELP for help.",
         ("join", "rejoined"): "{sender}: you will get flood warnings for {zone_name}. "
@@ -239,7 +323,7 @@ _REPLIES: dict[str, dict[tuple[str, str], str]] = {
         ("unknown", "report_no_text"): "Say what you see, e.g. REPORT water over the road "
                                        "at the bridge.",
         ("commands", ""): "Text JOIN <zone>, LANG <en|es>, REPORT <what you see>, HELP, "
-                          "or STOP.",
+                          "STOP or DELETE.",
     },
     "es": {
         ("stop", "ok"): "",
@@ -247,8 +331,12 @@ _REPLIES: dict[str, dict[tuple[str, str], str]] = {
                          "{zone_names}. STOP para darse de baja.",
         ("start", "not_subscribed"): "{sender}: este número no recibe avisos. Envíe JOIN y "
                                      "el código de su zona.",
-        ("help", "ok"): "Avisos de inundación de {sender}. Envíe JOIN <zona>, LANG en o es, "
-                        "REPORT <lo que ve>. STOP para darse de baja.",
+        ("help", "ok"): "Avisos de inundación de {sender}. JOIN <zona>, LANG en|es, "
+                        "REPORT <lo que ve>, STOP (baja), BORRAR (borra su número).",
+        ("delete", "ok"): "{sender}: hemos borrado su número; no recibirá más avisos. Envíe "
+                          "JOIN y el código de su zona para volver.",
+        ("delete", "not_subscribed"): "{sender}: este número no está en nuestra lista; no hay "
+                                      "nada que borrar.",
         ("join", "ok"): "{sender}: recibirá avisos de inundación para {zone_name}. "
                         "STOP para darse de baja.",
         ("join", "rejoined"): "{sender}: recibirá avisos de inundación para {zone_name}. "
@@ -273,7 +361,8 @@ _REPLIES: dict[str, dict[tuple[str, str], str]] = {
                                       "Envíe LANG en o LANG es.",
         ("unknown", "report_no_text"): "Diga lo que ve, p. ej. REPORT agua en la calle "
                                        "junto al puente.",
-        ("commands", ""): "Envíe JOIN <zona>, LANG <en|es>, REPORT <lo que ve>, HELP o STOP.",
+        ("commands", ""): "Envíe JOIN <zona>, LANG <en|es>, REPORT <lo que ve>, HELP, STOP "
+                          "o BORRAR.",
     },
 }
 
@@ -281,6 +370,7 @@ OUTCOMES: dict[str, tuple[str, ...]] = {
     "stop": ("ok",),
     "start": ("ok", "not_subscribed"),
     "help": ("ok",),
+    "delete": ("ok", "not_subscribed"),
     "join": ("ok", "rejoined", "unknown_zone"),
     "lang": ("ok", "unsupported", "not_subscribed"),
     "report": ("ok",),

@@ -707,7 +707,7 @@ def decide(
             f"{title(current)} kept: values are within the hysteresis margin",
             *missing,
         ])
-    if prev.since is not None and now - prev.since < policy.min_hold:
+    if prev.since is not None and timedelta(0) <= now - prev.since < policy.min_hold:
         return decision("hold", steady, [
             *(here.texts(held=False) if here else ()),
             (
@@ -723,3 +723,29 @@ def decide(
         return decision("lower", ZoneState(level=new, since=now, active=True), [*reasons, *missing])
     action = "all_clear" if prev.active else "lower"
     return decision(action, ZoneState(level=0, since=now, active=False), [*reasons, *missing])
+
+
+# --------------------------------------------------------------------------- approval
+
+
+def needs_approval(decision: Decision, levels: Sequence[LevelSpec]) -> bool:
+    """Whether ``decision`` waits for a manager before anything is published: a raise to a
+    level with ``approval``. Lowering, renewing and the all-clear continue or end a chain
+    a manager (or the time-out) already let out, and go out at once."""
+    if decision.action != "raise":
+        return False
+    level = _validated(levels).get(decision.level)
+    return bool(level is not None and level.approval)
+
+
+def held_state(prev: ZoneState, decision: Decision, policy: ZonePolicy) -> ZoneState:
+    """The zone's published state while ``decision`` (a raise) waits for approval.
+
+    Nothing public changes: level, since, chain and notice times stay those of ``prev``.
+    Only the run of cycles that met the raised level is remembered as complete, so that
+    while (or after) a manager decides, the next cycle that still meets the criteria
+    raises again at once, and one that no longer meets them lowers the pending run as
+    usual (:func:`decide` from this state)."""
+    return replace(prev, pending_level=decision.level,
+                   pending_count=max(policy.persistence, prev.pending_count))
+

@@ -101,6 +101,8 @@ NOTICE_PHRASES: dict[str, dict[str, str]] = {
 _LANGUAGE_RE = re.compile(r"^[A-Za-z]{1,8}(-[A-Za-z0-9]{1,8})*$")
 _UNIT_SUFFIXES = ("m", "mm", "h", "s", "km", "km2", "m3s", "mmh")
 _AREA_DESC_LIMIT = 50
+# a time given as text (ISO 8601 with an offset or Z), e.g. a run's forecast_issued
+_TIME_TEXT = re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d(?::\d\d(?:\.\d+)?)?(?:[+-]\d\d:\d\d|Z)")
 
 Detail = str | float | datetime
 """A value in ``build_notice(details=...)``."""
@@ -231,11 +233,19 @@ def parameter_name(key: str) -> str:
 
 
 def _format_value(value: Detail) -> str:
+    """A parameter's value: times (datetimes, or ISO 8601 text with an offset) as CAP
+    writes them (UTC as ``-00:00``), floats to 6 significant digits, the rest as text."""
     if isinstance(value, datetime):
         return format_cap_time(value)
     if isinstance(value, float):
         return f"{value:.6g}"
-    return str(value)
+    text = str(value)
+    if _TIME_TEXT.fullmatch(text.strip()):
+        try:
+            return format_cap_time(datetime.fromisoformat(text.strip()))
+        except ValueError:  # looks like a time but is none (month 13): kept as written
+            pass
+    return text
 
 
 def _onset(value: Detail | None) -> datetime | None:
@@ -248,7 +258,7 @@ def _onset(value: Detail | None) -> datetime | None:
     except ValueError:
         raise CapError(
             f"details['onset'] must be a datetime or ISO 8601 text such as "
-            f"2026-03-14T09:00:00+00:00, got {value!r}"
+            f"2026-03-14T09:00:00-00:00, got {value!r}"
         ) from None
 
 
@@ -314,7 +324,7 @@ def _describe(
         parts.append(why + "; ".join(r.rstrip(".") for r in reasons) + ".")
     run = ctx.run
     basis = [
-        f"{phrases[key]}{run[key]}"
+        f"{phrases[key]}{_format_value(run[key])}"
         for key in ("model_run", "forecast_issued", "data_sources")
         if run.get(key)
     ]
@@ -412,7 +422,7 @@ def build_notice(
 
     parameters: dict[str, str] = {}
     for key, text in ctx.run.items():
-        parameters[parameter_name(key)] = str(text)
+        parameters[parameter_name(key)] = _format_value(text)
     if level is not None and parameter_name("thresholds") not in parameters:
         parameters[parameter_name("thresholds")] = thresholds_text(level)
     for key, value in details.items():

@@ -45,8 +45,12 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _setup_logging(verbose: bool) -> None:
+    """Log to stderr (INFO with -v), every handler masking phone numbers (see warning.logs)."""
+    from .logs import install_phone_filter
+
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    install_phone_filter()
 
 
 def _parse_time(text: str) -> datetime:
@@ -76,6 +80,10 @@ def _cluster(cfg: Any) -> Any:
     from .national.cluster import dask_client
 
     import distributed  # noqa: F401  (sets up its loggers on import; quiet them unless -v)
+
+    from .logs import install_phone_filter
+
+    install_phone_filter()  # distributed's handlers, made on that import, mask numbers too
 
     if not logging.getLogger().isEnabledFor(logging.INFO):
         logging.getLogger("distributed").setLevel(logging.ERROR)
@@ -144,8 +152,8 @@ def run(config: ConfigOpt,
         drill: Annotated[str, typer.Option(help="run as a drill with this name (CAP Exercise)")] = "",
         verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
     """Run one forecast cycle at TIME: forecast in, flood depth and zone levels out, notices sent."""
-    from .alerting import make_channel
     from .config import load_config
+    from .operators import make_channel, zone_failed_text
     from .pipeline import Inputs, run_cycle
     from .site import Site
     from .storage import Store
@@ -175,13 +183,21 @@ def run(config: ConfigOpt,
     for d in res.decisions:
         m = res.metrics[d["zone"]]
         values = [m.get(k, float("nan")) for k in shown]
-        table.add_row(d["zone"], d["level_name"], d["action"],
-                      *("-" if v != v else f"{v:.2f}" for v in values), "; ".join(d["reasons"][:2]))
+        action = d["action"] + (" (held for approval)" if d.get("held") else "")
+        why = d["error"] if d["action"] == "failed" else "; ".join(d["reasons"][:2])
+        table.add_row(d["zone"], d.get("level_name", "unchanged"), action,
+                      *("-" if v != v else f"{v:.2f}" for v in values), why)
     console.print(table)
     for p in res.problems:
         console.print(f"[yellow]data problem:[/] {p}")
     console.print(f"{len(res.notices)} CAP notices, {res.messages_queued} SMS queued, "
                   f"{res.messages_sent} sent; outputs in {cfg.output_dir}")
+    if res.failed_zones:
+        from .operators import tell_operators
+
+        for f in res.failed_zones:
+            tell_operators(cfg, store, zone_failed_text(f, res.at), at=res.at, audit=False)
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -272,8 +288,11 @@ def serve(config: ConfigOpt,
     Stops cleanly on Ctrl-C or SIGTERM: the cycle in flight finishes, the outbox stays
     consistent, and the next start carries on from the database."""
     import uvicorn
+    import uvicorn.config
 
     from .config import load_config
+    from .logs import install_phone_filter, with_phone_filter
+    from .secrets import secret_is_set
     from .service import Service
     from .web import create_app
 
@@ -282,8 +301,7 @@ def serve(config: ConfigOpt,
     if not verbose:  # "skipped: maximum number of running instances" while a cycle runs is expected
         logging.getLogger("apscheduler").setLevel(logging.ERROR)
     cfg = load_config(config)
-    if cfg.demo is not None and not (os.environ.get("FLOODWARN_SECRET_KEY")
-                                     or os.environ.get("FLOODWARN_SECRET_KEY_FILE")):
+    if cfg.demo is not None and not secret_is_set("FLOODWARN_SECRET_KEY"):
         # the demo site keeps its own key beside its database, as `floodwarn demo` does
         key_file = cfg.output_dir / "demo-secret.key"
         if not key_file.exists():
@@ -307,7 +325,9 @@ def serve(config: ConfigOpt,
     # re-raise the signal after its shutdown, which would kill the process before the
     # scheduler had finished the cycle in flight
     server = uvicorn.Server(uvicorn.Config(app_, host=host, port=port,
-                                           log_level="info" if verbose else "warning"))
+                                           log_level="info" if verbose else "warning",
+                                           log_config=with_phone_filter(uvicorn.config.LOGGING_CONFIG)))
+    install_phone_filter()  # and on handlers libraries made since _setup_logging (distributed's)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stop.set())

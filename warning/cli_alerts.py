@@ -1,4 +1,5 @@
-"""``floodwarn subscribers ...``, ``floodwarn alerts ...`` and ``floodwarn dispatch``.
+"""``floodwarn subscribers ...``, ``floodwarn alerts ...``, ``floodwarn dispatch`` and
+``floodwarn outbox ...``.
 
 Phone numbers appear in clear only in ``subscribers export`` (a file the operator asked
 for); every listing masks them.
@@ -30,12 +31,12 @@ app.add_typer(operators_app, name="operators")
 def operators_add(config: ConfigOpt, name: Annotated[str, typer.Argument(help="sign-in name")],
                   role: Annotated[str, typer.Option(help="manager or operator")] = "manager") -> None:
     """Add an operator (or set a new password): asks for the password, stores its scrypt hash.
-    The password can also come from FLOODWARN_OPERATOR_PASSWORD (scripts)."""
-    import os
-
+    The password can also come from FLOODWARN_OPERATOR_PASSWORD or the file named by
+    FLOODWARN_OPERATOR_PASSWORD_FILE (scripts)."""
     from .console import add_operator
+    from .secrets import env_secret
 
-    password = os.environ.get("FLOODWARN_OPERATOR_PASSWORD") or typer.prompt(
+    password = env_secret("FLOODWARN_OPERATOR_PASSWORD") or typer.prompt(
         "password (at least 10 characters)", hide_input=True, confirmation_prompt=True)
     _cfg, store = _open(config)
     add_operator(store, name, password, role)
@@ -127,15 +128,25 @@ def subscribers_export(config: ConfigOpt,
 @_friendly
 def subscribers_delete(config: ConfigOpt, phone: Annotated[str, typer.Argument(help="the number to remove")],
                        drill: DrillOpt = False) -> None:
-    """Delete a subscriber (or drill roster entry) for good: the encrypted number and its
-    lookup hash are removed."""
+    """Delete a number for good, as a resident's DELETE by SMS does: its subscriber and drill
+    roster entries (with --drill, only the drill roster entry) and every trace of it
+    (messages queued to it, the number in reports)."""
     from alerts.channels import mask_phone
 
-    _cfg, _store, reg = _registry(config, drill)
-    if not reg.delete(phone):
-        console.print(f"no subscriber with number {mask_phone(phone)}")
+    from .subscribers import ROSTERS, erase_number, normalise_phone
+
+    _cfg, store, reg = _registry(config, drill)
+    shown = mask_phone(normalise_phone(phone, reg.region))
+    erased = erase_number(store, reg.vault, phone, region=reg.region,
+                          rosters=(reg.roster,) if drill else ROSTERS, source="operator (CLI)")
+    if not erased:
+        console.print(f"no {'drill roster entry' if drill else 'subscriber'} with number {shown}")
         raise typer.Exit(1)
-    console.print(f"deleted {mask_phone(phone)}; queued messages to it will not be sent")
+    where = " and ".join("the drill roster" if roster == "drill" else "the subscribers"
+                         for _, roster in erased.subscribers)
+    console.print(f"deleted {shown} from {where}; {erased.messages_cancelled} queued "
+                  f"message(s) to it cancelled, {erased.texts_cleaned} report(s) or log entries "
+                  "cleaned of it")
 
 
 @subscribers_app.command("list")
@@ -175,18 +186,26 @@ def alerts_pending(config: ConfigOpt) -> None:
     if not items:
         console.print("nothing waits for approval")
         return
-    table = Table("id", "zone", "level", "requested (UTC)", "auto-release", "SMS", "headline")
+    table = Table("id", "zone", "level", "requested (UTC)", "time-out (UTC)", "SMS held", "headline")
     for p in items:
         table.add_row(str(p.id), p.zone, p.level, f"{p.requested_at:%Y-%m-%d %H:%M}",
-                      f"{p.release_at:%Y-%m-%d %H:%M}" if p.release_at else "never", str(p.messages), p.headline)
+                      f"{p.release_at:%Y-%m-%d %H:%M}: {p.on_timeout}" if p.release_at else "none",
+                      str(p.messages), p.headline)
     console.print(table)
 
 
 def _decide(config: Path, approval_id: int, approve: bool, by: str, text: str | None, note: str | None) -> None:
+    """Approve or reject as manager ``by``, who proves it with their console password
+    (asked for, or FLOODWARN_OPERATOR_PASSWORD / _FILE for scripts)."""
     from .alerting import publisher
-    from .outbox import decide_approval
+    from .console import verify_operator
+    from .outbox import decide_approval, require_manager
+    from .secrets import env_secret
 
     cfg, store = _open(config)
+    require_manager(store, by)
+    password = env_secret("FLOODWARN_OPERATOR_PASSWORD") or typer.prompt(f"password of {by}", hide_input=True)
+    verify_operator(store, by, password)
     a = decide_approval(store, approval_id, approve=approve, by=by, text=text, note=note,
                         publish=publisher(cfg))
     console.print(f"{a.alert_identifier}: {a.state} by {a.decided_by} at {a.decided_at:%Y-%m-%d %H:%M} UTC")
@@ -195,7 +214,7 @@ def _decide(config: Path, approval_id: int, approve: bool, by: str, text: str | 
 @alerts_app.command("approve")
 @_friendly
 def alerts_approve(config: ConfigOpt, approval_id: Annotated[int, typer.Argument(help="id from 'alerts pending'")],
-                   by: Annotated[str, typer.Option(help="who approves")],
+                   by: Annotated[str, typer.Option(help="the manager who approves (asked for their password)")],
                    text: Annotated[str, typer.Option(help="SMS text to send instead of the template's")] = "",
                    note: Annotated[str, typer.Option(help="a note for the log")] = "") -> None:
     """Approve a held notice: publish it and release its SMS (optionally with your own text)."""
@@ -205,9 +224,10 @@ def alerts_approve(config: ConfigOpt, approval_id: Annotated[int, typer.Argument
 @alerts_app.command("reject")
 @_friendly
 def alerts_reject(config: ConfigOpt, approval_id: Annotated[int, typer.Argument(help="id from 'alerts pending'")],
-                  by: Annotated[str, typer.Option(help="who rejects")],
+                  by: Annotated[str, typer.Option(help="the manager who rejects (asked for their password)")],
                   note: Annotated[str, typer.Option(help="why, for the log")] = "") -> None:
-    """Reject a held notice: it is never published and its SMS are cancelled."""
+    """Reject a held notice: it is never published, its SMS are cancelled and the zone stays at
+    its published level; the next cycle decides afresh."""
     _decide(config, approval_id, False, by, None, note or None)
 
 
@@ -273,6 +293,78 @@ def dispatch(config: ConfigOpt,
                   f"failed {total.failed}, cancelled {total.cancelled}, recovered {total.recovered}, "
                   f"requeued {total.requeued}, auto-released {total.released}"
                   + (f"; waited {total.slept_s:.1f} s for the rate limit" if total.slept_s else ""))
-    for e in total.errors[:5]:
-        console.print(f"[yellow]in doubt:[/] {e}")
+    for e in list(dict.fromkeys(total.errors))[:5]:
+        console.print(f"[yellow]in doubt:[/] {e}", highlight=False)
+    if total.in_doubt:
+        console.print(f"[bold red]{total.in_doubt} message(s) in doubt were "
+                      + ("sent again (a duplicate is possible)" if d.in_doubt_action == "resend" else
+                         "held: see 'floodwarn outbox in-doubt'") + "[/]", highlight=False)
+    if total.lost:
+        console.print(f"[yellow]{total.lost} claim(s) were found taken over by another dispatcher "
+                      "(see 'floodwarn alerts log --event claim_lost')[/]", highlight=False)
+
+
+# --------------------------------------------------------------------------- the outbox
+outbox_app = typer.Typer(help="The SMS outbox: messages whose fate is in doubt, and settling them.",
+                         no_args_is_help=True)
+app.add_typer(outbox_app, name="outbox")
+
+AlertOpt = Annotated[str, typer.Option("--alert", "-a", help="only this alert (identifier)")]
+AllOpt = Annotated[bool, typer.Option("--all", help="every alert's held messages")]
+ByOpt = Annotated[str, typer.Option(help="who decides (for the audit log)")]
+
+
+@outbox_app.command("in-doubt")
+@_friendly
+def outbox_in_doubt(config: ConfigOpt, alert: AlertOpt = "") -> None:
+    """Messages that may or may not have gone out (a dispatcher died mid-send and the
+    provider could not be asked): held ones, and ones recovery is still asking about.
+    Numbers are masked."""
+    from collections import Counter
+
+    from .outbox import messages_in_doubt
+
+    _cfg, store = _open(config)
+    rows = messages_in_doubt(store, alert or None)
+    if not rows:
+        console.print("no message is in doubt")
+        return
+    table = Table("alert", "zone", "id", "to", "status", "in doubt since (UTC)", "why")
+    for r in rows:
+        table.add_row(r.alert, r.zone, str(r.id), r.to_masked, r.status,
+                      f"{r.since:%Y-%m-%d %H:%M:%S}" if r.since else "", (r.error or "")[:100])
+    console.print(table)
+    for (a, status), n in sorted(Counter((r.alert, r.status) for r in rows).items()):
+        console.print(f"{a}: {n} {status}", highlight=False)
+    if any(r.status == "held" for r in rows):
+        console.print("settle held ones with 'floodwarn outbox resend' (a resident may get it twice) or "
+                      "'floodwarn outbox mark-sent' (e.g. the provider's console shows it went out)")
+
+
+def _settle(config: Path, action: str, alert: str, every: bool, by: str) -> None:
+    from .outbox import settle_in_doubt
+
+    if bool(alert) == every:
+        raise typer.BadParameter("give --alert ALERT or --all")
+    _cfg, store = _open(config)
+    done = settle_in_doubt(store, action=action, by=by, alert=alert or None)
+    if not done:
+        console.print("no message is held in doubt")
+    for a, n in sorted(done.items()):
+        console.print(f"{a}: {n} message(s) " + ("queued to be sent again; run 'floodwarn dispatch'"
+                                                if action == "resend" else "recorded as sent"), highlight=False)
+
+
+@outbox_app.command("resend")
+@_friendly
+def outbox_resend(config: ConfigOpt, by: ByOpt, alert: AlertOpt = "", every: AllOpt = False) -> None:
+    """Queue held messages in doubt to be sent again (a resident may get one twice)."""
+    _settle(config, "resend", alert, every, by)
+
+
+@outbox_app.command("mark-sent")
+@_friendly
+def outbox_mark_sent(config: ConfigOpt, by: ByOpt, alert: AlertOpt = "", every: AllOpt = False) -> None:
+    """Record held messages in doubt as sent (you checked they went out)."""
+    _settle(config, "sent", alert, every, by)
 

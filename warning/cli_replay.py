@@ -14,13 +14,14 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 
 from .cli import ConfigOpt, _friendly, _setup_logging, app, console
+from .secrets import secret_is_set
 
 
 @contextlib.contextmanager
 def _demo_key(cfg):
     """The demo site keeps its own key beside its database (as `floodwarn demo` does), for
     the command's duration."""
-    if cfg.demo is None or os.environ.get("FLOODWARN_SECRET_KEY") or os.environ.get("FLOODWARN_SECRET_KEY_FILE"):
+    if cfg.demo is None or secret_is_set("FLOODWARN_SECRET_KEY"):
         yield
         return
     key_file = cfg.output_dir / "demo-secret.key"

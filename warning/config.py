@@ -241,8 +241,12 @@ class LevelConfig(_Model):
     sms: bool = True
     #: an emergency manager must approve notices and SMS at this level before they go out
     approval: bool = False
-    #: minutes after which an unapproved notice goes out anyway; omit to wait for a manager
+    #: minutes after which a notice no manager decided on is settled by ``on_approval_timeout``;
+    #: omit to wait for a manager however long it takes
     approval_timeout_minutes: float | None = Field(default=None, gt=0)
+    #: what a time-out does: "publish" (the notice and its SMS go out, as if approved) or
+    #: "reject" (nothing goes out; the next cycle decides afresh and may raise again)
+    on_approval_timeout: Literal["publish", "reject"] = "publish"
     instruction: str = ""
     #: title and instruction in other languages: { es = { title = "...", instruction = "..." } }
     translations: dict[str, dict[Literal["title", "instruction"], str]] = Field(default_factory=dict)
@@ -253,6 +257,9 @@ class LevelConfig(_Model):
                                ("certainty", CAP_CERTAINTY), ("response_type", CAP_RESPONSE)):
             if getattr(self, field) not in allowed:
                 raise ValueError(f"{field} must be one of {', '.join(allowed)} (CAP 1.2)")
+        if self.sms and not self.instruction.strip():
+            raise ValueError("instruction is empty, but residents are texted at this level (sms = true) "
+                             "and every warning SMS says what to do: give an instruction, or sms = false")
         return self
 
 
@@ -337,6 +344,13 @@ class ChannelsConfig(_Model):
     max_attempts: int = Field(default=5, ge=1)
     #: seconds a dispatcher's claim on a message lasts before another may recover it
     claim_lease_s: float = Field(default=120, gt=0)
+    #: a dispatcher died mid-send and the provider cannot be asked whether its messages went
+    #: out: keep asking (with backoff) this many seconds, then tell the operators and apply
+    #: in_doubt_action
+    in_doubt_give_up_s: float = Field(default=900, gt=0)
+    #: then "resend" them (for a flood warning a possible duplicate beats a lost warning) or
+    #: "hold" them in state in_doubt for an operator (floodwarn outbox in-doubt / resend / mark-sent)
+    in_doubt_action: Literal["resend", "hold"] = "resend"
     twilio: TwilioConfig = TwilioConfig()
 
 

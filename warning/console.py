@@ -14,7 +14,6 @@ import base64
 import hashlib
 import hmac
 import io
-import os
 import secrets
 import time
 from datetime import datetime, timezone
@@ -28,7 +27,8 @@ from sqlalchemy import select
 
 from .config import Config
 from .errors import FloodwarnError
-from .storage import AuditRow, Operator, ReportRow, Store, ZoneStateRow
+from .secrets import env_secret
+from .storage import ROLES, AuditRow, Operator, ReportRow, Store, ZoneStateRow, utcnow
 
 COOKIE = "floodwarn_session"
 SESSION_S = 12 * 3600
@@ -57,7 +57,22 @@ def check_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(got, base64.b64decode(digest))
 
 
+def verify_operator(store: Store, name: str, password: str) -> str:
+    """The role of operator ``name`` if ``password`` is theirs; FloodwarnError otherwise."""
+    with store.session() as s:
+        row = s.get(Operator, name)
+    if row is None or not check_password(password, row.password_hash):
+        raise FloodwarnError(f"wrong name or password for {name!r}")
+    return row.role
+
+
+OPERATOR_EVENTS = ("data_problem", "zone_failed", "cycle_failed", "delivery_in_doubt")
+"""Audit events shown to operators as problems on the console's overview."""
+
+
 def add_operator(store: Store, name: str, password: str, role: str = "manager") -> None:
+    if role not in ROLES:
+        raise FloodwarnError(f"role {role!r} is not one of {', '.join(ROLES)}")
     with store.session.begin() as s:
         row = s.get(Operator, name)
         if row is None:
@@ -96,7 +111,9 @@ class Sessions:
 
 
 def _session_key() -> bytes:
-    secret = os.environ.get("FLOODWARN_SECRET_KEY") or ""
+    """The key that signs session cookies, derived from FLOODWARN_SECRET_KEY (or the file
+    named by FLOODWARN_SECRET_KEY_FILE), so every process of a site accepts the same cookies."""
+    secret = env_secret("FLOODWARN_SECRET_KEY")
     if not secret:  # sessions then last as long as the process
         return secrets.token_bytes(32)
     return hashlib.sha256(("floodwarn-session:" + secret).encode()).digest()
@@ -166,6 +183,8 @@ def make_console(cfg: Config, store: Store, *, site: Callable[[], Any] | None = 
         require(request)
         with store.session() as s:
             states = {z.zone: z for z in s.scalars(select(ZoneStateRow).where(ZoneStateRow.scope == scope))}
+        pending = [p for p in pending_approvals(store) if p.scope == scope]
+        held = {p.zone: f"{p.level} (request {p.id})" for p in pending}
         zones = []
         names = _zone_names(cfg)
         for z in cfg.zones:
@@ -173,13 +192,13 @@ def make_console(cfg: Config, store: Store, *, site: Callable[[], Any] | None = 
             lv = by_rank.get(st.level) if st else None
             zones.append({"code": z.code, "name": names.get(z.code, z.code), "level": lv.title if lv else "No warning",
                           "level_name": lv.name if lv else "none", "colour": lv.colour if lv else "#dddddd",
-                          "since": st.since if st and lv else None})
+                          "since": st.since if st and lv else None, "held": held.get(z.code)})
         health = _feed_health(cfg, service)
         with store.session() as s:
-            gaps = s.scalars(select(AuditRow).where(AuditRow.event == "data_problem")
+            gaps = s.scalars(select(AuditRow).where(AuditRow.event.in_(OPERATOR_EVENTS))
                              .order_by(AuditRow.id.desc()).limit(10)).all()
         return page(request, "dashboard.html", zones=zones, health=health, gaps=gaps,
-                    gauges=[g.id for g in cfg.gauges], pending=len(pending_approvals(store)))
+                    gauges=[g.id for g in cfg.gauges], pending=len(pending))
 
     @r.get("/map.png")
     def map_png(request: Request) -> Response:
@@ -189,10 +208,16 @@ def make_console(cfg: Config, store: Store, *, site: Callable[[], Any] | None = 
         return Response(_map_png(cfg, store, site(), by_rank, scope), media_type="image/png",
                         headers={"Cache-Control": "no-store"})
 
+    def role(user: str) -> str:
+        with store.session() as s:
+            op = s.get(Operator, user)
+        return op.role if op is not None else ""
+
     @r.get("/approvals")
     def approvals(request: Request) -> HTMLResponse:
-        require(request)
-        return page(request, "approvals.html", items=pending_approvals(store), message=None)
+        user = require(request)
+        return page(request, "approvals.html", items=pending_approvals(store), message=None,
+                    manager=role(user) == "manager")
 
     @r.post("/approvals/{approval_id}")
     def decide(request: Request, approval_id: int, action: str = Form(...), csrf: str = Form(""),
@@ -201,11 +226,15 @@ def make_console(cfg: Config, store: Store, *, site: Callable[[], Any] | None = 
         check_csrf(request, csrf)
         if action not in ("approve", "reject"):
             raise HTTPException(400, "action must be approve or reject")
+        if role(user) != "manager":
+            raise HTTPException(403, "only managers approve or reject warnings")
         try:
+            clock = service.clock if service is not None else utcnow  # a replay's simulated clock too
             decide_approval(store, approval_id, approve=action == "approve", by=user, text=text.strip() or None,
-                            note=note.strip() or None, publish=publisher(cfg))
+                            note=note.strip() or None, at=clock(), publish=publisher(cfg, clock))
         except FloodwarnError as exc:
-            return page(request, "approvals.html", items=pending_approvals(store), message=str(exc))
+            return page(request, "approvals.html", items=pending_approvals(store), message=str(exc),
+                        manager=True)
         return RedirectResponse("/console/log", status_code=303)
 
     @r.get("/log")

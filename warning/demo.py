@@ -23,6 +23,7 @@ from .alerting import alerts_for, make_channel
 from .config import Config
 from .maps import peak_depth_map
 from .pipeline import CycleResult, Inputs, cycle_times, run_cycle
+from .secrets import secret_is_set
 from .site import Site
 from .storage import Store
 from .subscribers import PhoneVault, SubscriberRegistry
@@ -68,8 +69,7 @@ def run_demo(cfg: Config, *, channel_name: str = "file",
               "map_peak_depth.png", "analysis_peak_depth.tif", "demo-secret.key"):
         (out / f).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    own_key = not os.environ.get("FLOODWARN_SECRET_KEY") and not os.environ.get(
-        "FLOODWARN_SECRET_KEY_FILE")
+    own_key = not secret_is_set("FLOODWARN_SECRET_KEY")
     if own_key:
         # a fresh key for this demo database only, kept beside it (owner-readable) so later
         # `floodwarn run` calls on the same database can decrypt its invented numbers

@@ -36,7 +36,7 @@ from .errors import IngestError
 from .ingest.gauge_csv import QC_GOOD, QC_SPIKE, spike_flags
 from .pipeline import CycleResult, Inputs, _json_safe, _jsonable, observed_stage
 from .site import Site
-from .storage import Run, Store, utcnow
+from .storage import Store, finish_run, recorded_run
 
 log = logging.getLogger(__name__)
 
@@ -386,25 +386,19 @@ def run_gauge_cycle(site: Site, cfg: Config, store: Store, inputs: Inputs, at: d
     t0 = time.perf_counter()
     g = gauge_metrics(site, cfg, inputs, at)
     timings["ingest_and_models"] = time.perf_counter() - t0
-    with store.session.begin() as s:
-        if s.get(Run, run_id) is not None:
-            s.query(Run).filter(Run.id == run_id).delete()
-        s.add(Run(id=run_id, at=at, scope=scope, forecast_issued=g.data_time, forecast_file=g.data_file,
-                  status="running", started=utcnow()))
-    t1 = time.perf_counter()
-    run_info = {"model_run": run_id, "data_sources": "; ".join(g.sources), "models": g.models}
-    decisions, notices, queued = alerting.decide_and_notify(
-        site, cfg, store, at, g.metrics, g.details, run_id=run_id, scope=scope, drill=drill,
-        run_info=run_info, problems=g.problems)
-    sent = alerting.dispatch(cfg, store, channel) if channel is not None else 0
-    timings["alerts"] = time.perf_counter() - t1
-    with store.session.begin() as s:
-        run = s.get(Run, run_id)
-        run.status = "done"
-        run.finished = utcnow()
-        run.summary = {"metrics": _jsonable(g.metrics), "details": _json_safe(g.details),
-                       "problems": g.problems, "timings": timings, "decisions": decisions,
-                       "rain": g.rain}
+    with recorded_run(store, run_id, at=at, scope=scope, forecast_issued=g.data_time,
+                      forecast_file=g.data_file):
+        t1 = time.perf_counter()
+        run_info = {"model_run": run_id, "data_sources": "; ".join(g.sources), "models": g.models}
+        stage = alerting.decide_and_notify(
+            site, cfg, store, at, g.metrics, g.details, run_id=run_id, scope=scope, drill=drill,
+            run_info=run_info, problems=g.problems)
+        sent = alerting.dispatch(cfg, store, channel, clock=lambda: at) if channel is not None else 0
+        timings["alerts"] = time.perf_counter() - t1
+        finish_run(store, run_id, "done", {
+            "metrics": _jsonable(g.metrics), "details": _json_safe(g.details), "problems": g.problems,
+            "timings": timings, "decisions": stage.decisions, "failed_zones": stage.failed, "rain": g.rain})
     return CycleResult(run_id=run_id, at=at, forecast_issued=g.data_time, forecast_file=g.data_file,
-                       metrics=g.metrics, decisions=decisions, notices=notices, messages_queued=queued,
-                       messages_sent=sent, problems=g.problems, timings=timings, simulation=None)
+                       metrics=g.metrics, decisions=stage.decisions, notices=stage.notices,
+                       messages_queued=stage.queued, messages_sent=sent, problems=g.problems, timings=timings,
+                       simulation=None, failed_zones=stage.failed)

@@ -38,19 +38,22 @@ def make_channel(cfg: Config) -> Channel:
             raise ConfigError("channels.sms: 'twilio' needs TWILIO_ACCOUNT_SID and "
                               "TWILIO_AUTH_TOKEN in the environment")
         tw = cfg.channels.twilio
-        return get_channel("twilio", account_sid=sid, auth_token=token,
-                           from_number=tw.from_number,
-                           messaging_service_sid=tw.messaging_service_sid,
-                           base_url=env_secret("FLOODWARN_TWILIO_BASE_URL"),
-                           status_callback=tw.status_callback,
-                           validity_period=tw.validity_period_s)
+        try:
+            return get_channel("twilio", account_sid=sid, auth_token=token,
+                               from_number=tw.from_number,
+                               messaging_service_sid=tw.messaging_service_sid,
+                               base_url=env_secret("FLOODWARN_TWILIO_BASE_URL"),
+                               status_callback=tw.status_callback,
+                               validity_period=tw.validity_period_s)
+        except ValueError as exc:
+            raise ConfigError(f"channels.twilio: {exc}") from None
     return get_channel("file", path=cfg.output_dir / cfg.channels.sms_log)
 
 
 def tell_operators(cfg: Config, store: Store, problem: str, *, at: datetime | None = None,
                    event: str = "data_problem", channel: Channel | None = None,
                    detail: dict[str, Any] | None = None, run_id: str | None = None,
-                   zone: str | None = None) -> int:
+                   zone: str | None = None, audit: bool = True) -> int:
     """Tell the operators about ``problem``: log it, audit it as ``event`` (shown in the
     console's log), and text it to ``[service] operator_phones``.
 
@@ -67,6 +70,9 @@ def tell_operators(cfg: Config, store: Store, problem: str, *, at: datetime | No
         Where the SMS go; by default the config's channel (:func:`make_channel`).
     detail : dict, optional
         More fields for the audit row (never phone numbers).
+    audit : bool
+        False when the caller has already recorded the event (the cycle records a failed
+        zone with its run): then only the log and the SMS.
 
     Returns
     -------
@@ -75,8 +81,10 @@ def tell_operators(cfg: Config, store: Store, problem: str, *, at: datetime | No
     """
     at = at or utcnow()
     log.warning("%s: %s", event.replace("_", " "), problem)
-    with store.session.begin() as s:
-        store.audit(s, event, {"problem": problem, **(detail or {})}, time=at, run_id=run_id, zone=zone)
+    if audit:
+        with store.session.begin() as s:
+            store.audit(s, event, {"problem": problem, **(detail or {})}, time=at, run_id=run_id,
+                        zone=zone)
     roster = cfg.service.operator_phones
     if not roster:
         return 0
@@ -95,3 +103,9 @@ def tell_operators(cfg: Config, store: Store, problem: str, *, at: datetime | No
         except (DeliveryError, *USER_ERRORS) as exc:
             log.error("could not text operator %s: %s", mask_phone(phone), exc)
     return texted
+
+
+def zone_failed_text(failure: dict[str, str], at: datetime) -> str:
+    """What operators are told about a zone whose alert stage failed in the cycle at ``at``."""
+    return (f"zone {failure['zone']} failed in the cycle at {at:%Y-%m-%d %H:%M}Z and kept its level "
+            f"and notices; the other zones went on. Error: {failure['error']}")

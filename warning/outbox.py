@@ -5,31 +5,47 @@ recipient per alert version, unique key ``<alert>:<subscriber>:sms``), so a cras
 keeps both or neither. The dispatcher:
 
 1. releases held alerts whose approval timed out (when the level allows it);
-2. recovers rows another dispatcher claimed and never finished (its lease ran out): it
-   asks the channel whether the message went out (``Channel.find_sent``) and records it
-   as sent if so, else puts it back in the queue, so a killed dispatcher neither loses a
-   message nor sends it twice;
+2. recovers rows a dispatcher claimed and stopped working on (its lease ran out, never
+   renewed): it asks the channel whether the message went out (``Channel.find_sent``)
+   and records it as sent if so, else puts it back in the queue, so a killed dispatcher
+   neither loses a message nor sends it twice;
 3. claims a batch of due rows atomically, so two dispatchers (threads or processes)
    never get the same row: on SQLite one ``UPDATE ... WHERE state = 'pending'`` (the
    database lets one writer in at a time); on PostgreSQL ``SELECT ... FOR UPDATE SKIP
    LOCKED`` then ``UPDATE`` in one transaction (each dispatcher takes rows no other holds,
-   without waiting on them). It sends them within the rate limit (segments per second),
-   recording the provider's id; temporary errors are retried with backoff, permanent
-   ones stop and mark the subscriber (opted out or unreachable).
+   without waiting on them). It sends them within one rate limit (segments per second)
+   shared through the database by every dispatcher (:mod:`warning.ratelimit`), recording
+   each outcome right after its send; temporary errors are retried with backoff,
+   permanent ones stop and mark the subscriber (opted out or unreachable).
 
-Recovery settles each in-doubt row with a conditional update (``WHERE state = 'claimed'
-AND claimed_by = <the dead dispatcher>``), so when two dispatchers recover the same row
-only one of them records or requeues it.
+A batch slower than the lease is never sent twice: while it goes, a thread renews the
+claims of its rows not yet sent every third of the lease; just before each send a
+conditional update (``WHERE state = 'claimed' AND claimed_by = <me>``) refreshes the
+row's claim, and a row that is no longer this dispatcher's is skipped; the outcome is
+recorded under the same condition, and a send found afterwards to have lost its claim is
+logged as an error and audited (``claim_lost``). Recovery settles each stale row with a
+conditional update (``WHERE state = 'claimed' AND claimed_by = <the stopped dispatcher>
+AND claimed_at <= now - lease``), so it never takes a row that is being worked on, and
+when two dispatchers recover the same row only one of them records or requeues it.
 
-Every send, failure, approval and release goes to the audit log (no phone numbers).
+When the provider cannot be asked about a row in doubt, recovery asks again with backoff
+for ``in_doubt_give_up`` (``[channels] in_doubt_give_up_s``), then resends it (a
+duplicate is possible) or holds it in state ``in_doubt`` for an operator
+(``in_doubt_action``), and tells the operators once per episode; ``Dispatcher.run`` ends
+when its work is done, rows in doubt included.
+
+Every send, failure, recovery, lost claim, approval and release goes to the audit log (no
+phone numbers); logs mask numbers (``alerts.channels.mask_phone``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -38,12 +54,14 @@ from typing import Any
 from sqlalchemy import and_, insert, or_, select, update
 
 from alerts.channels import Channel, OutgoingMessage, mask_phone
-from alerts.delivery import RateLimiter, RetryPolicy, subscriber_effect
+from alerts.delivery import RetryPolicy, subscriber_effect
 from alerts.errors import DeliveryError
 from alerts.messages import sms_segments
 
 from .errors import FloodwarnError
-from .storage import AlertRow, ApprovalRow, DeliveryRow, OutboxRow, Store, Subscriber, ZoneStateRow, utcnow
+from .ratelimit import SharedRateLimiter
+from .storage import (AlertRow, ApprovalRow, DeliveryRow, Operator, OutboxRow, Store, Subscriber, ZoneStateRow,
+                      utcnow)
 from .subscribers import ALL_ZONES, PhoneVault
 
 log = logging.getLogger(__name__)
@@ -82,11 +100,6 @@ def queue_fanout(s, store: Store, *, alert_identifier: str, zone: str, scope: st
                                   OutboxRow.alert_identifier != alert_identifier)
                            .values(state="superseded", error=f"superseded by {alert_identifier}")
                            ).rowcount
-    s.execute(update(ApprovalRow).where(ApprovalRow.zone == zone, ApprovalRow.scope == scope,
-                                        ApprovalRow.state == "pending",
-                                        ApprovalRow.alert_identifier != alert_identifier)
-              .values(state="superseded", decided_at=at, decided_by="system",
-                      note=f"superseded by {alert_identifier}"))
     if superseded:
         store.audit(s, "superseded", {"by": alert_identifier, "messages": superseded}, zone=zone, time=at)
     texts: dict[str, tuple[str, int]] = {}
@@ -120,6 +133,8 @@ class Pending:
     release_at: datetime | None
     messages: int
     headline: str
+    #: what the time-out does at ``release_at``: "publish" or "reject"
+    on_timeout: str = "publish"
 
 
 def pending_approvals(store: Store) -> list[Pending]:
@@ -132,73 +147,128 @@ def pending_approvals(store: Store) -> list[Pending]:
             n = len(s.scalars(select(OutboxRow.id).where(OutboxRow.alert_identifier == a.alert_identifier,
                                                          OutboxRow.state == "held")).all())
             out.append(Pending(a.id, a.alert_identifier, a.zone, a.scope, a.level_name, a.requested_at,
-                               a.release_at, n, headline))
+                               a.release_at, n, headline, (a.proposed or {}).get("on_timeout", "publish")))
         return out
+
+
+SYSTEM = "system"
+"""``decided_by`` of what the time-out or a later cycle settled (no person)."""
+
+
+def require_manager(store: Store, name: str) -> str:
+    """The role of ``name`` if it may approve or reject; FloodwarnError otherwise."""
+    with store.session() as s:
+        op = s.get(Operator, name)
+    if op is None:
+        raise FloodwarnError(f"{name!r} is not an operator; a manager adds them with "
+                             "'floodwarn operators add NAME --role manager'")
+    if op.role != "manager":
+        raise FloodwarnError(f"{name} is an {op.role}: only managers approve or reject warnings")
+    return op.role
 
 
 def decide_approval(store: Store, approval_id: int, *, approve: bool, by: str, at: datetime | None = None,
                     text: str | None = None, note: str | None = None,
-                    publish: Callable[[AlertRow], None] | None = None) -> ApprovalRow:
-    """Approve (optionally with a manager's own SMS text) or reject a held alert.
+                    publish: Callable[[AlertRow], None] | None = None, timed_out: bool = False) -> ApprovalRow:
+    """Approve (optionally with a manager's own SMS text) or reject a held notice.
 
-    Approving publishes the notice (``publish(alert_row)``, e.g. moving the CAP file into
-    the public folder) and releases its messages; rejecting cancels them and the notice
-    is never published. Both are recorded with who and when.
+    ``by`` must be a manager (:func:`require_manager`), unless ``timed_out``: then the
+    config's ``on_approval_timeout`` settles it and the log says so.
+
+    Approving publishes the notice (``publish(alert_row)`` moves its CAP file into the public
+    folder) and makes it the zone's published state: its level is in force from the notice's
+    time and the notice joins the zone's warning chain; its SMS are released. Rejecting leaves the
+    zone's published state as it was, as if the raise never happened, and cancels the SMS;
+    the next cycle decides afresh (a flood that still meets the criteria raises again).
+    Both are in the audit log with who (and their role) and when.
     """
     at = at or utcnow()
     if not by.strip():
         raise FloodwarnError("say who decides: --by NAME")
     if text is not None and not text.strip():
         raise FloodwarnError("the edited SMS text is empty")
-    with store.session.begin() as s:
-        # FOR UPDATE (PostgreSQL; SQLite has one writer anyway): two processes releasing or
-        # deciding the same request at once take turns, and the second sees it decided
-        a = s.get(ApprovalRow, approval_id, with_for_update=True)
+    role = "time-out" if timed_out else require_manager(store, by)
+    with store.session() as s:
+        a = s.get(ApprovalRow, approval_id)
         if a is None:
             raise FloodwarnError(f"no approval request {approval_id}; see 'floodwarn alerts pending'")
+        key = (a.zone, a.scope)
+    with store.session.begin() as s:
+        # the zone's state first, then the request (the cycle locks in the same order): two
+        # processes deciding, releasing or cycling the same zone take turns
+        zs = s.get(ZoneStateRow, key, with_for_update=True)
+        a = s.get(ApprovalRow, approval_id, with_for_update=True, populate_existing=True)
         if a.state != "pending":
             raise FloodwarnError(f"approval request {approval_id} is already {a.state} "
-                                 f"({a.decided_by or 'system'}, {a.decided_at:%Y-%m-%d %H:%M} UTC)")
-        a.state = "approved" if approve else "rejected"
-        a.decided_by, a.decided_at, a.note = by, at, note
+                                 f"({a.decided_by or SYSTEM}, {a.decided_at:%Y-%m-%d %H:%M} UTC"
+                                 f"{': ' + a.note if a.note else ''})")
         alert = s.scalar(select(AlertRow).where(AlertRow.identifier == a.alert_identifier))
+        proposed = a.proposed or {}
+        if approve and zs is not None and "chain" in proposed and (zs.chain or []) != proposed["chain"]:
+            # cannot happen through the cycle (any publication closes the request first), but a
+            # notice must never go out with references that no longer match what is public
+            raise FloodwarnError(f"approval request {approval_id}: zone {a.zone} published other notices "
+                                 "since it was held; wait for the next cycle's request")
+        a.decided_by, a.decided_at, a.note = by, at, note
+        a.state = ("approved" if approve else "timed_out" if timed_out else "rejected")
         values: dict[str, Any] = {"state": "pending" if approve else "cancelled"}
         if approve and text is not None:
             a.edited_text = text
             values.update(body=text, segments=sms_segments(text).segments)
         if not approve:
-            values["error"] = f"rejected by {by}"
+            values["error"] = f"{a.state} by {by}"
         n = s.execute(update(OutboxRow).where(OutboxRow.alert_identifier == a.alert_identifier,
                                               OutboxRow.state == "held").values(**values)).rowcount
         alert.state = "published" if approve else "rejected"
-        if not approve:  # later notices of the zone must not reference one never published
-            zs = s.get(ZoneStateRow, (a.zone, a.scope))
-            if zs is not None and zs.chain:
-                zs.chain = [c for c in zs.chain if c[1] != a.alert_identifier]
-        store.audit(s, "approved" if approve else "rejected",
-                    {"alert": a.alert_identifier, "by": by, "messages": n, "edited": text is not None,
-                     "note": note}, zone=a.zone, time=at)
+        if approve:
+            if zs is None:
+                zs = ZoneStateRow(zone=a.zone, scope=a.scope, level=0, pending_level=0, pending_count=0,
+                                  active=False, chain=[])
+                s.add(zs)
+            # in force from the held notice's own time, on the cycles' clock (a replay's
+            # simulated one too), never from the wall-clock moment of the decision
+            zs.level, zs.since, zs.active, zs.issued = alert.level, alert.sent, True, alert.sent
+            zs.pending_level = proposed.get("pending_level", 0)
+            zs.pending_count = proposed.get("pending_count", 0)
+            zs.chain = [*(zs.chain or []), proposed.get("entry") or
+                        [None, alert.identifier, alert.sent.isoformat()]]
+        store.audit(s, {"approved": "approved", "rejected": "rejected", "timed_out": "rejected"}[a.state],
+                    {"alert": a.alert_identifier, "approval": a.id, "by": by, "role": role, "messages": n,
+                     "edited": text is not None, "note": note, "level": alert.level_name},
+                    zone=a.zone, time=at)
         if approve and publish is not None:
             publish(alert)
         return a
 
 
 def release_due(store: Store, now: datetime, publish: Callable[[AlertRow], None] | None = None) -> int:
-    """Auto-release held alerts whose approval time ran out; returns how many."""
+    """Settle held notices whose approval time ran out, as their level's
+    ``on_approval_timeout`` said when they were held ("publish" or "reject"); returns how
+    many were settled."""
     with store.session() as s:
-        due = s.scalars(select(ApprovalRow.id).where(ApprovalRow.state == "pending",
-                                                     ApprovalRow.release_at.is_not(None),
-                                                     ApprovalRow.release_at <= now)).all()
-    for aid in due:
+        due = s.execute(select(ApprovalRow.id, ApprovalRow.proposed)
+                        .where(ApprovalRow.state == "pending", ApprovalRow.release_at.is_not(None),
+                               ApprovalRow.release_at <= now)).all()
+    done = 0
+    for aid, proposed in due:
+        action = (proposed or {}).get("on_timeout", "publish")
         try:
-            decide_approval(store, aid, approve=True, by="auto-release", at=now,
-                            note="no manager decided before the approval time ran out", publish=publish)
+            decide_approval(store, aid, approve=action == "publish", by="time-out", at=now, timed_out=True,
+                            note=f"no manager decided before the approval time ran out: {action}",
+                            publish=publish)
+            done += 1
         except FloodwarnError:  # decided meanwhile by someone else
             continue
-    return len(due)
+    return done
 
 
 # --------------------------------------------------------------------------- dispatcher
+IN_DOUBT_ACTIONS = ("resend", "hold")
+"""What recovery does with messages whose fate the provider could not tell within
+``in_doubt_give_up``: ``resend`` (queue them again: for a flood warning a possible
+duplicate is better than a lost one) or ``hold`` (state ``in_doubt``, for an operator)."""
+
+
 @dataclass
 class DispatchStats:
     sent: int = 0
@@ -209,19 +279,90 @@ class DispatchStats:
     requeued: int = 0
     released: int = 0
     segments: int = 0
+    #: messages recovery gave up asking the provider about (then resent or held)
+    in_doubt: int = 0
+    #: claimed rows found taken over by another dispatcher (skipped, or sent and then found so)
+    lost: int = 0
     slept_s: float = 0.0
     errors: list[str] = field(default_factory=list)
 
     @property
     def busy(self) -> bool:
         """Whether the pass did anything (a quiet pass means nothing is due)."""
-        return bool(self.sent + self.failed + self.retried + self.cancelled + self.recovered + self.requeued)
+        return bool(self.sent + self.failed + self.retried + self.cancelled + self.recovered + self.requeued
+                    + self.in_doubt + self.lost)
 
     def add(self, other: "DispatchStats") -> None:
-        for k in ("sent", "failed", "retried", "cancelled", "recovered", "requeued", "released", "segments"):
+        for k in ("sent", "failed", "retried", "cancelled", "recovered", "requeued", "released", "segments",
+                  "in_doubt", "lost"):
             setattr(self, k, getattr(self, k) + getattr(other, k))
         self.slept_s += other.slept_s
         self.errors.extend(other.errors)
+
+
+@dataclass
+class _Outcome:
+    """What became of one claimed row, to record: ``values`` for its outbox row, the audit
+    event, the stats counter to bump once recorded, and a provider error code that marks
+    the subscriber."""
+
+    row: OutboxRow
+    now: datetime
+    counter: str | None
+    values: dict[str, Any]
+    audit: tuple[str, dict[str, Any]]
+    mark: int | None = None
+    to_masked: str = ""
+
+
+class _ClaimKeeper:
+    """Keeps a batch's claims fresh while it is sent: a thread pushes ``claimed_at`` of the
+    rows not yet taken up to now every ``every`` seconds (a third of the lease), so another
+    dispatcher's recovery never takes a batch that is slow (rate limit, slow provider) for
+    one whose dispatcher stopped. A row leaves the keeper when its send starts
+    (:meth:`take`): its ``claimed_at`` then stays the time just before the send, the time
+    recovery asks the provider about if this dispatcher dies before recording it."""
+
+    def __init__(self, dispatcher: "Dispatcher", ids: Iterable[int], every: float) -> None:
+        self._d = dispatcher
+        self._ids = set(ids)
+        self._every = max(every, 0.01)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"claims-{dispatcher.id}", daemon=True)
+
+    def __enter__(self) -> "_ClaimKeeper":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def take(self, row_id: int, before: Callable[[Any], None] | None = None) -> bool:
+        """Stop renewing ``row_id`` and confirm it is still this dispatcher's (its claim
+        refreshed to now); False if another dispatcher has it now. ``before(session)``
+        runs first in the same transaction (recording the previous send's outcome)."""
+        with self._lock, self._d.store.session.begin() as s:  # a renewal in flight finishes first
+            self._ids.discard(row_id)
+            if before is not None:
+                before(s)
+            return self._d.renew([row_id], session=s) == 1
+
+    def drop(self, row_id: int) -> None:
+        with self._lock:
+            self._ids.discard(row_id)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every):
+            with self._lock:
+                if not self._ids:
+                    continue
+                try:
+                    self._d.renew(self._ids)
+                except Exception:  # the database hiccuped: try again next time, the lease has room
+                    log.exception("dispatcher %s could not renew its claims on %d message(s)",
+                                  self._d.id, len(self._ids))
 
 
 class Dispatcher:
@@ -232,21 +373,45 @@ class Dispatcher:
     store : Store
     channel : Channel
     rate : float, optional
-        Segments per second (None: no limit).
+        Segments per second for all the dispatchers on the database together (the
+        provider meters per account); None: no limit.
+    burst : float, optional
+        Segments that may go at once after a quiet spell (default: one second's worth).
     retry : RetryPolicy
     lease : timedelta
-        How long a claim is honoured; a row claimed longer ago by a dispatcher that did
-        not finish it is in doubt and gets recovered.
+        How long a claim is honoured without renewal. A working dispatcher renews its
+        batch's claims every third of it, so only the claims of a dispatcher that stopped
+        run out; those rows are in doubt and get recovered. One send (one provider request,
+        the SDK's time-out included) must take less than the lease.
     batch : int
         Rows claimed per transaction.
     clock : callable
         Aware UTC "now" (replays and tests inject one).
+    in_doubt_give_up : timedelta
+        How long recovery keeps asking (with backoff) a provider that cannot say whether a
+        message went out before it applies ``in_doubt_action``.
+    in_doubt_action : {"resend", "hold"}
+        See :data:`IN_DOUBT_ACTIONS`.
+    on_problem : callable, optional
+        ``on_problem(problem, at, detail)`` tells the operators (log, audit, SMS; see
+        :func:`warning.operators.tell_operators`) when recovery gives up, once per episode
+        (until the provider answers again); without it the dispatcher logs and audits
+        ``delivery_in_doubt`` itself.
+    rate_name : str, optional
+        Name of the shared rate limit (default ``sms:<channel name>``): one per account.
     """
 
-    def __init__(self, store: Store, channel: Channel, *, rate: float | None = None,
+    def __init__(self, store: Store, channel: Channel, *, rate: float | None = None, burst: float | None = None,
                  retry: RetryPolicy = RetryPolicy(), lease: timedelta = timedelta(minutes=2),
                  batch: int = 50, clock: Callable[[], datetime] = utcnow,
-                 publish: Callable[[AlertRow], None] | None = None) -> None:
+                 publish: Callable[[AlertRow], None] | None = None,
+                 in_doubt_give_up: timedelta = timedelta(minutes=15), in_doubt_action: str = "resend",
+                 on_problem: Callable[[str, datetime, dict[str, Any]], None] | None = None,
+                 rate_name: str | None = None) -> None:
+        if in_doubt_action not in IN_DOUBT_ACTIONS:
+            raise ValueError(f"in_doubt_action must be one of {', '.join(IN_DOUBT_ACTIONS)}, got {in_doubt_action!r}")
+        if in_doubt_give_up <= timedelta(0):
+            raise ValueError(f"in_doubt_give_up must be positive, got {in_doubt_give_up}")
         self.store = store
         self.channel = channel
         self.retry = retry
@@ -254,9 +419,13 @@ class Dispatcher:
         self.batch = batch
         self.clock = clock
         self.publish = publish
-        self.limiter = RateLimiter(rate)
+        self.in_doubt_give_up = in_doubt_give_up
+        self.in_doubt_action = in_doubt_action
+        self.on_problem = on_problem
+        self.limiter = SharedRateLimiter(store, rate_name or f"sms:{getattr(channel, 'name', 'sms')}", rate, burst)
         self.id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._vault: PhoneVault | None = None
+        self._told = False  # operators told of the current in-doubt episode
 
     @property
     def vault(self) -> PhoneVault:
@@ -265,6 +434,10 @@ class Dispatcher:
         return self._vault
 
     # -- claiming
+    def _mine(self) -> list[Any]:
+        """Conditions of a row this dispatcher still holds."""
+        return [OutboxRow.state == "claimed", OutboxRow.claimed_by == self.id]
+
     def _claim(self, now: datetime) -> list[OutboxRow]:
         due = select(OutboxRow.id).where(
             OutboxRow.state == "pending",
@@ -277,76 +450,169 @@ class Dispatcher:
             if self.store.dialect == "postgresql":
                 # lock the batch, skipping rows another dispatcher has locked; the locks
                 # hold until this transaction commits the claim
-                ids = s.scalars(due.with_for_update(skip_locked=True)).all()
+                ids = list(s.scalars(due.with_for_update(skip_locked=True)))
                 if ids:
                     s.execute(claim.where(OutboxRow.id.in_(ids)))
             else:  # SQLite: one writer at a time makes the single statement atomic
-                s.execute(claim.where(OutboxRow.id.in_(due.scalar_subquery()), OutboxRow.state == "pending"))
-        with self.store.session() as s:
-            return list(s.scalars(select(OutboxRow).where(OutboxRow.state == "claimed",
-                                                          OutboxRow.claimed_by == self.id)
-                                  .order_by(OutboxRow.id)))
+                ids = list(s.scalars(claim.where(OutboxRow.id.in_(due.scalar_subquery()),
+                                                 OutboxRow.state == "pending").returning(OutboxRow.id)))
+        if not ids:
+            return []
+        with self.store.session() as s:  # this claim's rows only, never an older one left claimed
+            return list(s.scalars(select(OutboxRow).where(OutboxRow.id.in_(ids)).order_by(OutboxRow.id)))
+
+    def renew(self, ids: Iterable[int], session=None) -> int:
+        """Push this dispatcher's claims on ``ids`` to now (in ``session``, or a transaction
+        of its own); returns how many it still holds."""
+        if session is None:
+            with self.store.session.begin() as s:
+                return self.renew(ids, session=s)
+        return session.execute(update(OutboxRow).where(OutboxRow.id.in_(list(ids)), *self._mine())
+                               .values(claimed_at=self.clock())
+                               .execution_options(synchronize_session=False)).rowcount
 
     def _message(self, row: OutboxRow, sub: Subscriber) -> OutgoingMessage:
         return OutgoingMessage(to=self.vault.decrypt(sub.phone_enc), body=row.body, key=row.key)
 
     # -- recovery
     def recover(self, now: datetime | None = None) -> DispatchStats:
-        """Settle rows claimed by a dispatcher whose lease ran out (it died mid-send)."""
+        """Settle rows whose claim ran out (their dispatcher stopped mid-batch): ask the
+        channel whether each went out, and record it as sent if so, else put it back in
+        the queue. Each is settled only while its claim is still stale (``claimed_by`` and
+        ``claimed_at`` as found), so a row its dispatcher is working on, or that another
+        recovery settled, is left alone.
+
+        When the provider cannot be asked (``find_sent`` raises), the row stays claimed and
+        is asked about again with backoff (``in_doubt_since``, ``next_attempt_at``); after
+        ``in_doubt_give_up`` it is resent or held (``in_doubt_action``) and the operators
+        are told, once per episode.
+        """
         now = now or self.clock()
         st = DispatchStats()
+        cutoff = now - self.lease
         with self.store.session() as s:
             stale = s.execute(select(OutboxRow, Subscriber)
                               .join(Subscriber, Subscriber.id == OutboxRow.subscriber_id, isouter=True)
-                              .where(OutboxRow.state == "claimed",
-                                     or_(OutboxRow.claimed_by != self.id, OutboxRow.claimed_by.is_(None)),
-                                     OutboxRow.claimed_at <= now - self.lease)).all()
+                              .where(OutboxRow.state == "claimed", OutboxRow.claimed_at <= cutoff,
+                                     or_(OutboxRow.next_attempt_at.is_(None), OutboxRow.next_attempt_at <= now))
+                              .order_by(OutboxRow.id)).all()
+        doubtful: list[tuple[OutboxRow, str]] = []
         for row, sub in stale:
+            still = [OutboxRow.state == "claimed", OutboxRow.claimed_by == row.claimed_by,
+                     OutboxRow.claimed_at <= cutoff]
             if sub is None:
-                self._finish(row, now, state="cancelled", error="subscriber deleted",
-                             if_claimed_by=row.claimed_by)
+                if self._finish(row, now, where=still, state="cancelled", error="subscriber deleted",
+                                in_doubt_since=None, audit=("send_cancelled", {"why": "subscriber deleted"})):
+                    st.cancelled += 1
                 continue
             msg = self._message(row, sub)
             try:
                 sid = self.channel.find_sent(msg, row.claimed_at)
             except DeliveryError as exc:
                 st.errors.append(str(exc))
-                continue  # still in doubt: ask again next time rather than risk a duplicate
+                doubtful.append((row, str(exc)))
+                continue
             if sid:
-                if self._finish(row, now, state="sent", provider_id=sid, sent_at=now,
-                                audit=("sent_recovered", {}), if_claimed_by=row.claimed_by):
+                if self._finish(row, now, where=still, state="sent", provider_id=sid, sent_at=now,
+                                next_attempt_at=None, in_doubt_since=None,
+                                audit=("sent_recovered", {"claimed_by": row.claimed_by,
+                                                          "in_doubt_since": _iso(row.in_doubt_since)})):
                     st.recovered += 1
-            else:
-                with self.store.session.begin() as s:
-                    n = s.execute(update(OutboxRow).where(OutboxRow.id == row.id, OutboxRow.state == "claimed",
-                                                          OutboxRow.claimed_by == row.claimed_by)
-                                  .values(state="pending", claimed_by=None, next_attempt_at=None)).rowcount
-                st.requeued += n
+            elif self._finish(row, now, where=still, state="pending", claimed_by=None, next_attempt_at=None,
+                              in_doubt_since=None,
+                              audit=("requeued", {"claimed_by": row.claimed_by,
+                                                  "why": "its dispatcher stopped; the provider has not got it"})):
+                st.requeued += 1
+        if stale and not doubtful:
+            self._told = False  # the provider answers again: a later failure is a new episode
+        if doubtful:
+            self._in_doubt(doubtful, now, cutoff, st)
         if st.recovered or st.requeued:
             log.info("recovered %d message(s) a stopped dispatcher had claimed: %d had gone out, "
-                     "%d requeued", len(stale), st.recovered, st.requeued)
+                     "%d requeued", st.recovered + st.requeued, st.recovered, st.requeued)
         return st
 
-    # -- sending
-    def _finish(self, row: OutboxRow, now: datetime, *, audit: tuple[str, dict] | None = None,
-                mark: int | None = None, session=None, if_claimed_by: str | None | bool = False,
-                **values: Any) -> bool:
-        """Record one row's outcome (in ``session``, or in a transaction of its own).
+    def _in_doubt(self, doubtful: list[tuple[OutboxRow, str]], now: datetime, cutoff: datetime,
+                  st: DispatchStats) -> None:
+        """Rows the provider could not be asked about: ask again later (backoff from a
+        fraction of the give-up time, doubling, capped), or give up on them."""
+        give_up = self.in_doubt_give_up
+        base, cap = min(timedelta(seconds=5), give_up / 20), min(timedelta(minutes=2), give_up / 4)
+        error = doubtful[0][1]
+        first = min(row.in_doubt_since or now for row, _ in doubtful)
+        log.warning("could not ask %s whether %d message(s) a stopped dispatcher had claimed went out: %s; "
+                    "asking again with backoff, in doubt since %s, giving up at %s (%s)",
+                    self.channel.name, len(doubtful), error, f"{first:%H:%M:%S}Z",
+                    f"{first + give_up:%H:%M:%S}Z", self.in_doubt_action)
+        with self.store.session.begin() as s:
+            self.store.audit(s, "delivery_check_failed",
+                             {"messages": len(doubtful), "error": error, "dispatcher": self.id,
+                              "in_doubt_since": first.isoformat(), "give_up_s": give_up.total_seconds(),
+                              "action": self.in_doubt_action}, time=now)
+        given_up: list[OutboxRow] = []
+        for row, err in doubtful:
+            still = [OutboxRow.state == "claimed", OutboxRow.claimed_by == row.claimed_by,
+                     OutboxRow.claimed_at <= cutoff]
+            since = row.in_doubt_since or now
+            if now - since < give_up:
+                wait = min(max(now - since, base), cap, since + give_up - now)
+                self._finish(row, now, where=still, in_doubt_since=since, next_attempt_at=now + wait)
+                continue
+            why = (f"in doubt since {since:%Y-%m-%d %H:%M:%S}Z: a dispatcher stopped while sending it and "
+                   f"the provider could not say whether it went out ({err})")
+            detail = {"claimed_by": row.claimed_by, "in_doubt_since": since.isoformat(), "error": err}
+            if self.in_doubt_action == "resend":
+                done = self._finish(row, now, where=still, state="pending", claimed_by=None, next_attempt_at=None,
+                                    in_doubt_since=None, error=f"{why}; sent again, a duplicate is possible",
+                                    audit=("in_doubt_resent", detail))
+            else:
+                done = self._finish(row, now, where=still, state="in_doubt", next_attempt_at=None,
+                                    error=f"{why}; held for an operator: 'floodwarn outbox resend' or "
+                                          "'floodwarn outbox mark-sent'", audit=("in_doubt_held", detail))
+            if done:
+                given_up.append(row)
+        if not given_up:
+            return
+        st.in_doubt += len(given_up)
+        by_alert = Counter(r.alert_identifier for r in given_up)
+        # short enough for an SMS (the first 300 characters go out): the error is in the detail
+        which = f"{len(given_up)} SMS ({', '.join(f'{a}: {n}' for a, n in sorted(by_alert.items()))})"
+        why = (f"a dispatcher stopped while sending them and {self.channel.name} could not say for "
+               f"{_duration(give_up)} whether they had gone out")
+        problem = (f"{which} were sent again, some residents may get them twice: {why}."
+                   if self.in_doubt_action == "resend" else
+                   f"{which} are held: {why}. See 'floodwarn outbox in-doubt', then 'floodwarn outbox resend' "
+                   "or 'mark-sent'.")
+        detail = {"messages": len(given_up), "alerts": dict(by_alert), "action": self.in_doubt_action,
+                  "error": error, "dispatcher": self.id, "give_up_s": give_up.total_seconds()}
+        if self._told:  # the operators know of this episode: the log and the rows' audit say the rest
+            log.error("delivery in doubt: %s Last error: %s", problem, error)
+            return
+        self._told = True
+        if self.on_problem is not None:
+            try:
+                self.on_problem(problem, now, detail)
+                return
+            except Exception:
+                log.exception("could not tell the operators that messages are in doubt")
+        log.error("delivery in doubt: %s Last error: %s", problem, error)
+        with self.store.session.begin() as s:
+            self.store.audit(s, "delivery_in_doubt", {"problem": problem, **detail}, time=now)
 
-        ``if_claimed_by``: record it only if the row is still claimed by that dispatcher
-        (recovery: another dispatcher may have settled it meanwhile); returns whether the
-        outcome was recorded.
-        """
+    # -- sending
+    def _finish(self, row: OutboxRow, now: datetime, *, where: Iterable[Any] = (),
+                audit: tuple[str, dict] | None = None, mark: int | None = None, session=None,
+                **values: Any) -> bool:
+        """Record one row's outcome (in ``session``, or in a transaction of its own) if the
+        row still meets ``where`` (e.g. still claimed by this dispatcher); returns whether
+        the outcome was recorded."""
         if session is None:
             with self.store.session.begin() as s:
-                return self._finish(row, now, audit=audit, mark=mark, session=s, if_claimed_by=if_claimed_by,
-                                    **values)
+                return self._finish(row, now, where=where, audit=audit, mark=mark, session=s, **values)
         s = session
         status = values.pop("_status", "accepted")
-        where = [OutboxRow.id == row.id]
-        if if_claimed_by is not False:
-            where += [OutboxRow.state == "claimed", OutboxRow.claimed_by == if_claimed_by]
-        if not s.execute(update(OutboxRow).where(*where).values(**values)).rowcount:
+        if not s.execute(update(OutboxRow).where(OutboxRow.id == row.id, *where).values(**values)
+                         .execution_options(synchronize_session=False)).rowcount:
             return False
         if values.get("state") == "sent" and values.get("provider_id"):
             if s.get(DeliveryRow, values["provider_id"]) is None:  # a callback may be first
@@ -380,40 +646,99 @@ class Dispatcher:
         s.execute(update(OutboxRow).where(OutboxRow.subscriber_id == sub_id, OutboxRow.state.in_(OPEN_STATES))
                   .values(state="cancelled", error=f"provider error {code}: {meaning}"))
 
-    def _send_one(self, row: OutboxRow, sub: Subscriber | None, st: DispatchStats) -> dict[str, Any]:
-        """Send one claimed row; returns the outcome for :meth:`_finish` (recorded per batch:
-        a dispatcher killed before recording leaves the row claimed, and recovery asks
-        the provider whether it went out)."""
+    def _claim_lost(self, s, row: OutboxRow, st: DispatchStats, *, to_masked: str = "",
+                    provider_id: str | None = None, status: str | None = None) -> None:
+        """Another dispatcher has ``row`` now (this one's claim ran out and was recovered).
+        Before a send: skip it. After a send (``provider_id``): the message went out, so
+        record it as sent if nobody has sent it yet (the other dispatcher then skips it),
+        and say so loudly: it may have gone out twice. In the caller's session ``s``."""
+        st.lost += 1
         now = self.clock()
+        state, owner = s.execute(select(OutboxRow.state, OutboxRow.claimed_by).where(OutboxRow.id == row.id)).one()
+        detail: dict[str, Any] = {"stage": "before_send" if provider_id is None else "after_send",
+                                  "state_now": state, "claimed_by_now": owner, "dispatcher": self.id}
+        if provider_id is None:
+            log.warning("message %s: another dispatcher (%s) took it over before it was sent; skipped",
+                        row.key, owner)
+        else:
+            recorded = self._finish(row, now, session=s, where=[OutboxRow.state.in_(("pending", "claimed"))],
+                                    state="sent", provider_id=provider_id, sent_at=now, error=None,
+                                    next_attempt_at=None, in_doubt_since=None, _status=status or "accepted")
+            detail.update(provider_id=provider_id, recorded_as_sent=recorded)
+            log.error("message %s to %s went out (provider id %s) after its claim had run out and the row had "
+                      "been taken over (now %s by %s): it may have been sent twice; %s", row.key, to_masked,
+                      provider_id, state, owner, "recorded as sent" if recorded else "its outcome was already recorded")
+        self.store.audit(s, "claim_lost", {"outbox_id": row.id, "alert": row.alert_identifier,
+                                           "subscriber_id": row.subscriber_id, **detail},
+                         zone=row.zone, time=now)
+
+    def _record(self, s, out: _Outcome, st: DispatchStats) -> None:
+        """Record an outcome in session ``s`` if the row is still this dispatcher's claim;
+        else the claim was lost (:meth:`_claim_lost`)."""
+        if self._finish(out.row, out.now, session=s, where=self._mine(), audit=out.audit, mark=out.mark,
+                        **out.values):
+            if out.counter:
+                setattr(st, out.counter, getattr(st, out.counter) + 1)
+        else:
+            self._claim_lost(s, out.row, st, to_masked=out.to_masked, provider_id=out.values.get("provider_id"),
+                             status=out.values.get("_status"))
+
+    def _send_one(self, row: OutboxRow, sub: Subscriber | None, st: DispatchStats, keeper: _ClaimKeeper,
+                  last: _Outcome | None) -> _Outcome | None:
+        """Send one claimed row within the shared rate limit, only if it is still this
+        dispatcher's claim (checked, and refreshed, just before the send). Returns its
+        outcome, which the caller records right away: in the transaction of the next row's
+        claim check, or on its own (``last``, the previous row's outcome, is recorded here
+        first). A dispatcher killed between a send and its record leaves the row claimed,
+        and recovery asks the provider whether it went out."""
         if sub is None or sub.opted_out_at is not None or sub.unreachable is not None:
+            keeper.drop(row.id)
             why = "subscriber deleted" if sub is None else (
                 "subscriber opted out" if sub.opted_out_at is not None else f"unreachable: {sub.unreachable}")
-            st.cancelled += 1
-            return dict(now=now, state="cancelled", error=why, audit=("send_cancelled", {"why": why}))
+            with self.store.session.begin() as s:
+                if last is not None:
+                    self._record(s, last, st)
+                self._record(s, _Outcome(row, self.clock(), "cancelled", {"state": "cancelled", "error": why},
+                                         ("send_cancelled", {"why": why})), st)
+            return None
         msg = self._message(row, sub)
-        st.slept_s += self.limiter.acquire(row.segments)
+        wait = self.limiter.reserve(row.segments)
+        if wait > 0:  # record the last outcome first, not after the wait
+            if last is not None:
+                with self.store.session.begin() as s:
+                    self._record(s, last, st)
+                last = None
+            time.sleep(wait)  # the keeper renews the claims meanwhile
+            st.slept_s += wait
+        if not keeper.take(row.id, None if last is None else (lambda s: self._record(s, last, st))):
+            with self.store.session.begin() as s:
+                self._claim_lost(s, row, st)
+            return None
         try:
             res = self.channel.send(msg)
         except DeliveryError as exc:
+            now = self.clock()
             log.warning("SMS %s to %s: %s", row.key, mask_phone(msg.to), exc)
             delay = None if exc.permanent else self.retry.delay(row.attempts)
             detail = {"code": exc.code, "permanent": exc.permanent, "attempt": row.attempts}
             if delay is None:
-                st.failed += 1
-                return dict(now=now, state="failed", error=str(exc), audit=("send_failed", detail),
-                            mark=exc.code if exc.permanent else None)
-            st.retried += 1
-            return dict(now=now, state="pending", claimed_by=None, error=str(exc), next_attempt_at=now + delay,
-                        audit=("send_retry", {**detail, "retry_in_s": delay.total_seconds()}))
+                return _Outcome(row, now, "failed", {"state": "failed", "error": str(exc)}, ("send_failed", detail),
+                                mark=exc.code if exc.permanent else None)
+            return _Outcome(row, now, "retried", {"state": "pending", "claimed_by": None, "error": str(exc),
+                                                  "next_attempt_at": now + delay},
+                            ("send_retry", {**detail, "retry_in_s": delay.total_seconds()}))
+        now = self.clock()
         st.sent += 1
         st.segments += row.segments
-        return dict(now=now, state="sent", provider_id=res.provider_id, sent_at=now, error=None,
-                    _status=res.status or "accepted",
-                    audit=("sent", {"provider_id": res.provider_id, "segments": row.segments}))
+        return _Outcome(row, now, None, {"state": "sent", "provider_id": res.provider_id, "sent_at": now,
+                                         "error": None, "_status": res.status or "accepted"},
+                        ("sent", {"provider_id": res.provider_id, "segments": row.segments}),
+                        to_masked=mask_phone(msg.to))
 
     def run_once(self) -> DispatchStats:
-        """Release due approvals, recover stale claims, then send one batch (its outcomes
-        recorded in one transaction)."""
+        """Release due approvals, recover stale claims, then claim one batch and send it,
+        renewing the batch's claims while it goes and recording each outcome right after
+        its send."""
         now = self.clock()
         st = DispatchStats()
         st.released = release_due(self.store, now, self.publish)
@@ -423,10 +748,13 @@ class Dispatcher:
             with self.store.session() as s:
                 subs = {sub.id: sub for sub in s.scalars(
                     select(Subscriber).where(Subscriber.id.in_({r.subscriber_id for r in rows if r.subscriber_id})))}
-            outcomes = [(row, self._send_one(row, subs.get(row.subscriber_id), st)) for row in rows]
-            with self.store.session.begin() as s:
-                for row, out in outcomes:
-                    self._finish(row, out.pop("now"), session=s, **out)
+            last = None
+            with _ClaimKeeper(self, [r.id for r in rows], self.lease.total_seconds() / 3) as keeper:
+                for row in rows:
+                    last = self._send_one(row, subs.get(row.subscriber_id), st, keeper, last)
+                if last is not None:
+                    with self.store.session.begin() as s:
+                        self._record(s, last, st)
         return st
 
     def drain(self) -> DispatchStats:
@@ -440,7 +768,11 @@ class Dispatcher:
 
     def run(self, *, until_empty: bool = True, poll_s: float = 2.0,
             stop: Callable[[], bool] = lambda: False) -> DispatchStats:
-        """Send until nothing is due (``until_empty``) or until ``stop()`` is true."""
+        """Send until nothing is due or will be (``until_empty``), or until ``stop()`` is true.
+
+        Rows another dispatcher holds, retries due later and rows in doubt keep it going;
+        rows in doubt only until ``in_doubt_give_up`` (then they are resent or held), so it
+        always ends."""
         total = DispatchStats()
         while not stop():
             st = self.run_once()
@@ -452,11 +784,19 @@ class Dispatcher:
         return total
 
     def _waiting(self) -> bool:
-        """Rows that will become due later (retries, stale claims) keep the loop going."""
+        """Rows that will become due later (retries, claims, rows in doubt) keep the loop going."""
         with self.store.session() as s:
-            return s.scalar(select(OutboxRow.id).where(
-                or_(OutboxRow.state == "pending",
-                    and_(OutboxRow.state == "claimed", OutboxRow.claimed_by != self.id))).limit(1)) is not None
+            return s.scalar(select(OutboxRow.id).where(OutboxRow.state.in_(("pending", "claimed"))).limit(1)) \
+                is not None
+
+
+def _iso(t: datetime | None) -> str | None:
+    return t.isoformat() if t is not None else None
+
+
+def _duration(d: timedelta) -> str:
+    s = d.total_seconds()
+    return f"{s / 60:g} min" if s >= 120 else f"{s:g} s"
 
 
 def outbox_counts(store: Store, alert_identifiers: Iterable[str] | None = None) -> dict[str, int]:
@@ -469,3 +809,74 @@ def outbox_counts(store: Store, alert_identifiers: Iterable[str] | None = None) 
         for (state,) in s.execute(q):
             out[state] = out.get(state, 0) + 1
         return out
+
+
+# --------------------------------------------------------------------------- messages in doubt
+@dataclass(frozen=True)
+class InDoubt:
+    """A message whose fate is unknown: ``held`` (state ``in_doubt``, waiting for an
+    operator) or ``asking`` (still claimed; recovery keeps asking the provider)."""
+
+    id: int
+    alert: str
+    zone: str
+    subscriber_id: int | None
+    to_masked: str
+    status: str
+    since: datetime | None
+    error: str | None
+
+
+def messages_in_doubt(store: Store, alert: str | None = None, vault: PhoneVault | None = None) -> list[InDoubt]:
+    """Messages in doubt (of ``alert``, or all), numbers masked, by alert then id."""
+    q = (select(OutboxRow, Subscriber.phone_enc)
+         .join(Subscriber, Subscriber.id == OutboxRow.subscriber_id, isouter=True)
+         .where(or_(OutboxRow.state == "in_doubt",
+                    and_(OutboxRow.state == "claimed", OutboxRow.in_doubt_since.is_not(None))))
+         .order_by(OutboxRow.alert_identifier, OutboxRow.id))
+    if alert is not None:
+        q = q.where(OutboxRow.alert_identifier == alert)
+    with store.session() as s:
+        rows = s.execute(q).all()
+    if rows and vault is None:
+        vault = PhoneVault.from_env()
+    return [InDoubt(r.id, r.alert_identifier, r.zone, r.subscriber_id,
+                    mask_phone(vault.decrypt(enc)) if enc else "(deleted)",
+                    "held" if r.state == "in_doubt" else "asking", r.in_doubt_since, r.error)
+            for r, enc in rows]
+
+
+def settle_in_doubt(store: Store, *, action: str, by: str, alert: str | None = None,
+                    at: datetime | None = None) -> dict[str, int]:
+    """An operator's decision on held messages (state ``in_doubt``) of ``alert`` (None:
+    every alert): ``resend`` queues them again (a resident may get it twice), ``sent``
+    records them as sent (e.g. the provider's console shows they went out). Audited per
+    alert with who decided. Returns messages settled per alert."""
+    at = at or utcnow()
+    if not by.strip():
+        raise FloodwarnError("say who decides: --by NAME")
+    if action == "resend":
+        values: dict[str, Any] = dict(state="pending", claimed_by=None, next_attempt_at=None, in_doubt_since=None,
+                                      error=f"was in doubt; sent again on {by}'s decision, a duplicate is possible")
+        event = "in_doubt_resend"
+    elif action == "sent":
+        values = dict(state="sent", sent_at=at, next_attempt_at=None, in_doubt_since=None,
+                      error=f"was in doubt; marked sent by {by} (not confirmed by the provider)")
+        event = "in_doubt_marked_sent"
+    else:
+        raise ValueError(f"action must be 'resend' or 'sent', got {action!r}")
+    held = select(OutboxRow.alert_identifier, OutboxRow.zone).where(OutboxRow.state == "in_doubt").distinct()
+    if alert is not None:
+        held = held.where(OutboxRow.alert_identifier == alert)
+    out: dict[str, int] = {}
+    with store.session.begin() as s:
+        for ident, zone in s.execute(held).all():
+            n = s.execute(update(OutboxRow).where(OutboxRow.alert_identifier == ident, OutboxRow.zone == zone,
+                                                  OutboxRow.state == "in_doubt").values(**values)
+                          .execution_options(synchronize_session=False)).rowcount
+            if n:
+                out[ident] = out.get(ident, 0) + n
+                store.audit(s, event, {"alert": ident, "messages": n, "by": by}, zone=zone, time=at)
+    if alert is not None and not out:
+        raise FloodwarnError(f"no message of alert {alert} is held in doubt; see 'floodwarn outbox in-doubt'")
+    return out

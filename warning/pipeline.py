@@ -39,7 +39,7 @@ from .ingest import get_source
 from .ingest.forecast_netcdf import ForecastIssue
 from .ingest.gauge_csv import latest_good
 from .site import RATING_STAGES, Site
-from .storage import Run, Store, utcnow
+from .storage import Store, finish_run, recorded_run
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,8 @@ class CycleResult:
     problems: list[str]
     timings: dict[str, float] = field(default_factory=dict)
     simulation: Simulation | None = None
+    #: zones whose alert stage failed this cycle: {"zone", "error"} (their state is unchanged)
+    failed_zones: list[dict[str, str]] = field(default_factory=list)
 
 
 class Inputs:
@@ -478,58 +480,51 @@ def run_cycle(site: Site, cfg: Config, store: Store, inputs: Inputs, at: datetim
     rain, times, now_index, issue, problems = assemble_rain(inputs, site, cfg, at)
     gauges = inputs.read_gauges()
     timings["ingest"] = time.perf_counter() - t0
-    with store.session.begin() as s:
-        if s.get(Run, run_id) is not None:
-            s.query(Run).filter(Run.id == run_id).delete()
-        s.add(Run(id=run_id, at=at, scope=scope, forecast_issued=issue.issued,
-                  forecast_file=issue.path.name, status="running", started=utcnow()))
-    t1 = time.perf_counter()
-    site_rain = np.median(rain[:, :, site.valid].mean(axis=2), axis=0)  # (time,) mm/h, for the console
-    if client is not None or cfg.compute.engine == "dask":
-        from .national.cycle import simulate_on_dask  # Dask is imported only when used
+    with recorded_run(store, run_id, at=at, scope=scope, forecast_issued=issue.issued,
+                      forecast_file=issue.path.name):
+        t1 = time.perf_counter()
+        site_rain = np.median(rain[:, :, site.valid].mean(axis=2), axis=0)  # (time,) mm/h, for the console
+        if client is not None or cfg.compute.engine == "dask":
+            from .national.cycle import simulate_on_dask  # Dask is imported only when used
 
-        sim = simulate_on_dask(site, cfg, rain, times, now_index, issue, client=client)
-    else:
-        sim = simulate(site, cfg, rain, times, now_index, issue)
-    del rain
-    timings["models"] = time.perf_counter() - t1
-    metrics, details, more = zone_metrics(site, cfg, sim, gauges, at)
-    problems += more
-    t2 = time.perf_counter()
-    sources = [f"rainfall forecast {issue.path.name} ({sim.members} member"
-               f"{'s' if sim.members > 1 else ''})"]
-    if inputs.gauges is not None:
-        sources.append(f"gauge readings {inputs.gauges.path.name} up to {at:%H:%M}Z")
-    run_info = {
-        "model_run": run_id,
-        "forecast_issued": issue.issued.isoformat(timespec="minutes"),
-        "forecast_file": issue.path.name,
-        "data_sources": "; ".join(sources),
-        "models": "Priority-Flood + D8, SCS-CN, kinematic wave, HAND rating curves",
-    }
-    decisions, notices, queued = alerting.decide_and_notify(
-        site, cfg, store, at, metrics, details, run_id=run_id, scope=scope, drill=drill,
-        run_info=run_info, problems=problems)
-    sent = alerting.dispatch(cfg, store, channel) if channel is not None else 0
-    timings["alerts"] = time.perf_counter() - t2
-    if write_depth:
-        site.write_geotiff(cfg.output_dir / "depth" / f"peak_depth_{at:%Y%m%dT%H%MZ}.tif",
-                           sim.peak_depth, units="m", run=run_id,
-                           meaning="ensemble-median forecast peak flood depth",
-                           forecast_issued=issue.issued.isoformat())
-    with store.session.begin() as s:
-        run = s.get(Run, run_id)
-        run.status = "done"
-        run.finished = utcnow()
-        run.summary = {"metrics": _jsonable(metrics), "details": _json_safe(details),
-                       "problems": problems, "timings": timings,
-                       "decisions": decisions,
-                       "rain": {"times": [_dt(x).isoformat() for x in times],
-                                "site_mean_mm_h": np.round(site_rain, 3).tolist(), "now_index": now_index}}
+            sim = simulate_on_dask(site, cfg, rain, times, now_index, issue, client=client)
+        else:
+            sim = simulate(site, cfg, rain, times, now_index, issue)
+        del rain
+        timings["models"] = time.perf_counter() - t1
+        metrics, details, more = zone_metrics(site, cfg, sim, gauges, at)
+        problems += more
+        t2 = time.perf_counter()
+        sources = [f"rainfall forecast {issue.path.name} ({sim.members} member"
+                   f"{'s' if sim.members > 1 else ''})"]
+        if inputs.gauges is not None:
+            sources.append(f"gauge readings {inputs.gauges.path.name} up to {at:%H:%M}Z")
+        run_info = {
+            "model_run": run_id,
+            "forecast_issued": issue.issued.isoformat(timespec="minutes"),
+            "forecast_file": issue.path.name,
+            "data_sources": "; ".join(sources),
+            "models": "Priority-Flood + D8, SCS-CN, kinematic wave, HAND rating curves",
+        }
+        stage = alerting.decide_and_notify(
+            site, cfg, store, at, metrics, details, run_id=run_id, scope=scope, drill=drill,
+            run_info=run_info, problems=problems)
+        sent = alerting.dispatch(cfg, store, channel, clock=lambda: at) if channel is not None else 0
+        timings["alerts"] = time.perf_counter() - t2
+        if write_depth:
+            site.write_geotiff(cfg.output_dir / "depth" / f"peak_depth_{at:%Y%m%dT%H%MZ}.tif",
+                               sim.peak_depth, units="m", run=run_id,
+                               meaning="ensemble-median forecast peak flood depth",
+                               forecast_issued=issue.issued.isoformat())
+        finish_run(store, run_id, "done", {
+            "metrics": _jsonable(metrics), "details": _json_safe(details), "problems": problems,
+            "timings": timings, "decisions": stage.decisions, "failed_zones": stage.failed,
+            "rain": {"times": [_dt(x).isoformat() for x in times],
+                     "site_mean_mm_h": np.round(site_rain, 3).tolist(), "now_index": now_index}})
     return CycleResult(run_id=run_id, at=at, forecast_issued=issue.issued,
-                       forecast_file=issue.path.name, metrics=metrics, decisions=decisions,
-                       notices=notices, messages_queued=queued, messages_sent=sent,
-                       problems=problems, timings=timings, simulation=sim)
+                       forecast_file=issue.path.name, metrics=metrics, decisions=stage.decisions,
+                       notices=stage.notices, messages_queued=stage.queued, messages_sent=sent,
+                       problems=problems, timings=timings, simulation=sim, failed_zones=stage.failed)
 
 
 def _jsonable(metrics: dict[str, dict[str, float]]) -> dict[str, dict[str, float | None]]:

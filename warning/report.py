@@ -217,10 +217,16 @@ def _timeline(cfg: Config, store: Store, runs: list[Run], event: Event,
     """Level changes per zone, from the audit log's decisions (a run's summary if its
     decisions are not in the audit log)."""
     ids = [r.id for r in runs]
+    scope = runs[0].scope if runs else "live"
     with store.session() as s:
         rows = list(s.scalars(select(AuditRow)
                               .where(AuditRow.event == "decision", AuditRow.run_id.in_(ids))
                               .order_by(AuditRow.time, AuditRow.id)))
+        # raises held for approval become public when approved (or let out by the time-out)
+        approvals = [(a, alert) for a, alert in s.execute(
+            select(AuditRow, AlertRow).join(AlertRow, AlertRow.identifier == AuditRow.detail["alert"].as_string())
+            .where(AuditRow.event == "approved", AlertRow.scope == scope, AlertRow.run_id.in_(ids))
+            .order_by(AuditRow.time, AuditRow.id)).all()]
     by_run: dict[str, list[dict[str, Any]]] = {}
     for a in rows:
         detail = a.detail or {}
@@ -242,8 +248,15 @@ def _timeline(cfg: Config, store: Store, runs: list[Run], event: Event,
             changes.append({"time": first["_time"], "action": "in force", "previous": 0,
                             "level": int(first["previous"]), "run_id": first["run_id"],
                             "reasons": []})
-        for d in mine:
-            prev, lv = int(d.get("previous") or 0), int(d.get("level") or 0)
+        published = [{"_time": a.time, "action": "raise (approved)", "previous": None, "level": alert.level,
+                      "run_id": alert.run_id, "identifier": alert.identifier,
+                      "reasons": [f"approved by {(a.detail or {}).get('by')}"]}
+                     for a, alert in approvals if alert.zone == z.code]
+        steps = sorted([d for d in mine if not d.get("held")] + published, key=lambda d: d["_time"])
+        level_now = int(mine[0].get("previous") or 0) if mine else 0
+        for d in steps:
+            prev, lv = int(d.get("previous") if d.get("previous") is not None else level_now), int(d.get("level") or 0)
+            level_now = lv
             if lv != prev:
                 changes.append({"time": d["_time"], "action": d.get("action"), "previous": prev,
                                 "level": lv, "run_id": d["run_id"],

@@ -26,3 +26,12 @@ def env_secret(name: str, *, required: bool = False) -> str | None:
     if required and not value:
         raise ConfigError(f"{name}: not set; export {name}=... or {name}_FILE=/path/to/secret")
     return value or None
+
+
+def secret_is_set(name: str) -> bool:
+    """Whether ``name`` or ``NAME_FILE`` is set (non-empty), without reading the file.
+
+    For deciding whether to make a key of one's own (the demo site does); to use a
+    secret, call :func:`env_secret`.
+    """
+    return bool(os.environ.get(name) or os.environ.get(f"{name}_FILE"))

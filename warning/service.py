@@ -31,7 +31,7 @@ from .alerting import make_dispatcher, publisher
 from .config import Config
 from .errors import USER_ERRORS
 from .gauge_cycle import newest_good_time
-from .operators import make_channel, tell_operators
+from .operators import make_channel, tell_operators, zone_failed_text
 from .outbox import release_due
 from .pipeline import Inputs, run_cycle
 from .site import Site
@@ -224,11 +224,14 @@ class Service:
 
     def _data_problem(self, at: datetime, problem: str, event: str = "data_problem") -> None:
         """Tell the operators: the log, the console (audit), and SMS to the roster if any."""
+        tell_operators(self.cfg, self.store, problem, at=at, event=event, channel=self._operator_channel())
+
+    def _operator_channel(self):
+        """The channel operators are texted through (None: tell_operators says why not)."""
         try:
-            channel = self.channel if self.cfg.service.operator_phones else None
-        except USER_ERRORS:  # tell_operators reports why it cannot text
-            channel = None
-        tell_operators(self.cfg, self.store, problem, at=at, event=event, channel=channel)
+            return self.channel if self.cfg.service.operator_phones else None
+        except USER_ERRORS:
+            return None
 
     def due(self, now: datetime) -> tuple[bool, str]:
         """Whether a cycle should run at ``now``: new forecast or gauge data, or the maximum gap."""
@@ -339,7 +342,10 @@ class Service:
             res = run_cycle(self.site, self.cfg, self.store, self.inputs, at, channel=None,
                             drill=self.drill, write_depth=self.cfg.service.write_depth,
                             client=self.dask_client())
-        except USER_ERRORS as exc:
+        except Exception as exc:  # bad data or a fault: recorded, told, the service goes on
+            if not isinstance(exc, USER_ERRORS):
+                log.error("cycle at %s failed unexpectedly", at, exc_info=True)
+                exc = RuntimeError(f"{type(exc).__name__}: {exc}")
             rec = CycleRecord(at, utcnow(), time.perf_counter() - t0, False, str(exc))
             self.state.last_error = f"{at:%Y-%m-%d %H:%M}Z: {exc}"
             log.error("cycle at %s failed, keeping the last good results: %s", at, exc)
@@ -353,6 +359,9 @@ class Service:
             gauges = self.state.feeds.get("gauges")
             self.state.cycled_gauges = gauges.last_data if gauges else None
             rec = CycleRecord(at, utcnow(), time.perf_counter() - t0, True, why, res.forecast_file)
+            for failure in res.failed_zones:  # recorded by the cycle; the operators are told here
+                tell_operators(self.cfg, self.store, zone_failed_text(failure, at), at=at, audit=False,
+                               channel=self._operator_channel())
             changed = [d for d in res.decisions if d["action"] in ("raise", "lower", "all_clear", "renew")]
             log.info("cycle at %s (%s): %d notices, %d SMS queued, %d level changes", at, why,
                      len(res.notices), res.messages_queued, len(changed))
@@ -368,7 +377,7 @@ class Service:
 
     def housekeeping(self) -> None:
         """Release held notices whose approval time ran out (on the service's clock)."""
-        release_due(self.store, self.clock(), publisher(self.cfg))
+        release_due(self.store, self.clock(), publisher(self.cfg, self.clock))
 
     def job(self, name: str) -> None:
         """Run one of the scheduler's jobs by name: ``ingest:<source>``, ``cycle``,

@@ -11,7 +11,15 @@ opt-out with what caused it).
 Outbox states: ``held`` (waiting for approval), ``pending`` (to send; ``next_attempt_at``
 delays a retry), ``claimed`` (a dispatcher has it), ``sent``, ``failed`` (permanent error
 or attempts used up), ``cancelled`` (subscriber gone or opted out, or alert rejected),
-``superseded`` (a newer alert for the zone came before it was sent).
+``superseded`` (a newer alert for the zone came before it was sent), ``in_doubt`` (a
+dispatcher died mid-send, the provider could not be asked whether the message went out
+for ``[channels] in_doubt_give_up_s``, and ``in_doubt_action = "hold"`` parks it for an
+operator: ``floodwarn outbox in-doubt`` lists them, ``floodwarn outbox resend`` or
+``mark-sent`` settles them). While recovery is still asking, the row stays ``claimed``
+with ``in_doubt_since`` set.
+
+``rate_limits`` holds one sending rate shared by every dispatcher on the database (the
+provider meters per account, not per process; see :mod:`warning.ratelimit`).
 
 ``leases`` holds named, expiring locks shared by every process on the database (two
 schedulers never run the same forecast cycle; see :func:`acquire_lease`).
@@ -23,6 +31,8 @@ SQLite: datetimes are ``timestamptz``, JSON columns ``json``; the few SQLite-onl
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -105,7 +115,9 @@ class AlertRow(Base):
     expires: Mapped[datetime]
     cap_path: Mapped[str] = mapped_column(Text)
     headline: Mapped[str] = mapped_column(Text)
-    #: "published", or "held" until approved ("rejected" if a manager says no)
+    #: "published"; or "held" until a manager decides: then "published", or "rejected"; a
+    #: held notice refreshed by a later cycle is "superseded" (the approval request moves to
+    #: the fresh one), and one whose criteria no longer hold is "withdrawn"
     state: Mapped[str] = mapped_column(String(12), default="published")
 
 
@@ -117,9 +129,15 @@ class ApprovalRow(Base):
     scope: Mapped[str] = mapped_column(String(80))
     level_name: Mapped[str] = mapped_column(String(40))
     requested_at: Mapped[datetime]
-    #: auto-release time; None = waits for a manager however long it takes
+    #: when the time-out settles it (``on_approval_timeout``); None = waits for a manager
     release_at: Mapped[datetime | None]
+    #: "pending", then "approved", "rejected", "timed_out" (rejected by the time-out),
+    #: "withdrawn" (the criteria no longer held before anyone decided) or "superseded"
+    #: (a higher level was raised meanwhile)
     state: Mapped[str] = mapped_column(String(12), default="pending", index=True)
+    #: what approving publishes into the zone's state: {"level", "chain": the published chain
+    #: the notice references, "entry": [sender, identifier, sent] appended to it}
+    proposed: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     decided_by: Mapped[str | None] = mapped_column(String(120))
     decided_at: Mapped[datetime | None]
     #: SMS text written by the manager, replacing the template's for every recipient
@@ -163,6 +181,9 @@ class OutboxRow(Base):
     sent_at: Mapped[datetime | None]
     provider_id: Mapped[str | None] = mapped_column(String(64), index=True)
     error: Mapped[str | None] = mapped_column(Text)
+    #: when recovery first failed to ask the provider whether this message went out;
+    #: None when not in doubt
+    in_doubt_since: Mapped[datetime | None]
 
 
 class DeliveryRow(Base):
@@ -187,8 +208,14 @@ class ReportRow(Base):
     text: Mapped[str] = mapped_column(Text)
 
 
+ROLES = ("manager", "operator")
+"""Console and CLI roles: managers approve or reject held notices; operators watch, run
+and replay, but do not decide what the public is told."""
+
+
 class Operator(Base):
-    """Someone who may log in to the console (emergency managers, operators)."""
+    """Someone who may log in to the console (emergency managers, operators); ``role`` is
+    one of :data:`ROLES`."""
 
     __tablename__ = "operators"
     name: Mapped[str] = mapped_column(String(120), primary_key=True)
@@ -204,6 +231,16 @@ class LeaseRow(Base):
     holder: Mapped[str] = mapped_column(String(80))
     expires: Mapped[datetime]
     acquired: Mapped[datetime]
+
+
+class RateLimitRow(Base):
+    """A sending rate shared by every process on the database, kept as GCRA's theoretical
+    arrival time (see :class:`warning.ratelimit.SharedRateLimiter`)."""
+
+    __tablename__ = "rate_limits"
+    name: Mapped[str] = mapped_column(String(120), primary_key=True)
+    #: theoretical arrival time: when the limit is next free, epoch seconds (wall clock)
+    tat: Mapped[float] = mapped_column(Float, default=0.0)
 
 
 class AuditRow(Base):
@@ -231,7 +268,9 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # pragma: no cover - trivial
 #: columns added after a table first shipped: (table, column, DDL type and default); a
 #: database made by an older floodwarn gets them on start-up (create_all adds only tables).
 #: The DDL must be valid on SQLite and PostgreSQL alike.
-_ADDED_COLUMNS = (("subscribers", "roster", "VARCHAR(10) NOT NULL DEFAULT 'public'"),)
+_ADDED_COLUMNS = (("subscribers", "roster", "VARCHAR(10) NOT NULL DEFAULT 'public'"),
+                  ("outbox", "in_doubt_since", "TIMESTAMP WITH TIME ZONE"),
+                  ("approvals", "proposed", "JSON"))
 
 #: PostgreSQL advisory lock key held while the schema is made or migrated, so that
 #: processes starting together on a fresh database do not race on CREATE TABLE
@@ -295,6 +334,36 @@ class Store:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+# --------------------------------------------------------------------------- runs
+@contextmanager
+def recorded_run(store: Store, run_id: str, *, at: datetime, scope: str, forecast_issued: datetime | None,
+                 forecast_file: str | None) -> Iterator[None]:
+    """Record a forecast cycle in ``runs`` while it runs: ``running`` on entry (a re-run of
+    the same id replaces the old row); the body sets ``done`` with its summary
+    (:func:`finish_run`); if the body raises, the run is marked ``failed`` with the error, so
+    no run is ever left ``running``."""
+    with store.session.begin() as s:
+        if s.get(Run, run_id) is not None:
+            s.query(Run).filter(Run.id == run_id).delete()
+        s.add(Run(id=run_id, at=at, scope=scope, forecast_issued=forecast_issued,
+                  forecast_file=forecast_file, status="running", started=utcnow()))
+    try:
+        yield
+    except BaseException as exc:
+        try:
+            finish_run(store, run_id, "failed", {"error": f"{type(exc).__name__}: {exc}"})
+        except Exception:  # the database itself is what failed: the error above is the news
+            pass
+        raise
+
+
+def finish_run(store: Store, run_id: str, status: str, summary: dict[str, Any]) -> None:
+    """End a run: ``done`` or ``failed``, with its summary."""
+    with store.session.begin() as s:
+        run = s.get(Run, run_id)
+        run.status, run.finished, run.summary = status, utcnow(), summary
 
 
 # --------------------------------------------------------------------------- leases

@@ -3,7 +3,8 @@
 The key comes from ``FLOODWARN_SECRET_KEY`` (or ``FLOODWARN_SECRET_KEY_FILE``): any
 string; a Fernet key is derived from it. Lookups use an HMAC of the number, so a
 number can be found or deleted without decrypting every row. Numbers are masked
-(``alerts.channels.mask_phone``) in every log line.
+(``alerts.channels.mask_phone``) in every log line, and deleted on request with every
+trace of them (:func:`erase_number`).
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ from pathlib import Path
 
 import phonenumbers
 from cryptography.fernet import Fernet, InvalidToken
-from sqlalchemy import delete, select
+from sqlalchemy import Text, cast, delete, or_, select, update
 
 from alerts.channels import mask_phone
+from alerts.inbound import NUMBER_REMOVED, redact_numbers
 
 from .errors import ConfigError, FloodwarnError
 from .secrets import env_secret
-from .storage import Store, Subscriber, utcnow
+from .storage import AuditRow, OutboxRow, ReportRow, Store, Subscriber, utcnow
 
 log = logging.getLogger(__name__)
 _PHONE_CHARS = re.compile(r"\+?[\d\s().-]+")
@@ -89,6 +91,12 @@ ROSTERS = ("public", "drill")
 ALL_ZONES = "*"
 
 
+def roster_hash(vault: PhoneVault, e164: str, roster: str) -> str:
+    """The lookup hash of ``e164`` on ``roster``: a drill entry's is domain-separated, so one
+    number can be on both lists without the two rows sharing a hash."""
+    return vault.lookup_hash(e164 if roster == "public" else f"{roster}:{e164}")
+
+
 class SubscriberRegistry:
     """The residents who subscribed (``roster="public"``), or the drill roster
     (``roster="drill"``): the separate list of numbers, e.g. the emergency team's, that
@@ -105,7 +113,7 @@ class SubscriberRegistry:
         self.roster = roster
 
     def _hash(self, e164: str) -> str:
-        return self.vault.lookup_hash(e164 if self.roster == "public" else f"{self.roster}:{e164}")
+        return roster_hash(self.vault, e164, self.roster)
 
     def add(self, phone: str, zones: list[str], language: str | None = None,
             consent_source: str = "unknown", consent_time: datetime | None = None) -> int:
@@ -177,17 +185,11 @@ class SubscriberRegistry:
             self.add(e164, zones, lang, source)
         return len(good)
 
-    def delete(self, phone: str) -> bool:
-        """Remove the number for good (its encrypted copy and lookup hash); the audit log
-        keeps only that a subscriber was deleted, by id."""
-        h = self._hash(normalise_phone(phone, self.region))
-        with self.store.session.begin() as s:
-            row = s.scalar(select(Subscriber).where(Subscriber.phone_hash == h))
-            if row is None:
-                return False
-            self.store.audit(s, "subscriber_deleted", {"subscriber_id": row.id})
-            s.execute(delete(Subscriber).where(Subscriber.id == row.id))
-            return True
+    def delete(self, phone: str, source: str = "operator") -> bool:
+        """Remove the number from this roster for good, with every trace of it
+        (:func:`erase_number`); False if it is not on this roster."""
+        return bool(erase_number(self.store, self.vault, phone, region=self.region,
+                                 rosters=(self.roster,), source=source))
 
     def find(self, phone: str) -> Subscriber | None:
         """The subscriber row for ``phone`` (any format), or None."""
@@ -247,3 +249,118 @@ class SubscriberRegistry:
     def count(self) -> int:
         with self.store.session() as s:
             return len(s.scalars(select(Subscriber.id).where(Subscriber.roster == self.roster)).all())
+
+
+# --------------------------------------------------------------------------- erasure
+@dataclass(frozen=True)
+class Erasure:
+    """What :func:`erase_number` removed; false when the number was on no roster asked."""
+
+    #: (id, roster) of each subscriber row deleted
+    subscribers: tuple[tuple[int, str], ...] = ()
+    #: the deleted entry's language (the public one's if there were two), for a reply
+    language: str | None = None
+    #: queued messages to the number that will not be sent
+    messages_cancelled: int = 0
+    #: reports and audit entries whose text named the number, cleaned of it
+    texts_cleaned: int = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.subscribers)
+
+
+def erase_number(store: Store, vault: PhoneVault, phone: str, *, region: str = "GB",
+                 rosters: tuple[str, ...] = ROSTERS, source: str,
+                 at: datetime | None = None) -> Erasure:
+    """Delete ``phone`` for good, with every trace of it, in one transaction: a resident's
+    DELETE by SMS and ``floodwarn subscribers delete`` both come here.
+
+    - ``subscribers``: its row on each of ``rosters`` (encrypted number, lookup hash,
+      zones, consent) is deleted;
+    - ``outbox``: messages still queued for it (held or pending) are cancelled, and its
+      rows lose their link to it (``subscriber_id`` NULL; they never held the number). A
+      message a dispatcher is sending at that very moment can still go out;
+    - ``reports``: its reports lose their link, and any report whose text names the number
+      (its own or another resident's) has its phone numbers removed
+      (:func:`alerts.inbound.redact_numbers`);
+    - ``audit``: floodwarn writes no numbers there, but an entry whose detail holds the
+      number, its hash or its encrypted form has them removed. One ``subscriber_deleted``
+      entry per deleted row records the id, roster and ``source``, never the number.
+
+    ``deliveries`` hold provider message ids and statuses only. When the number is on
+    none of ``rosters`` nothing changes and the :class:`Erasure` is empty (false).
+
+    Parameters
+    ----------
+    phone : str
+        The number, E.164 or national in ``region``.
+    rosters : tuple of str
+        The lists to delete it from (default every one: public and drill).
+    source : str
+        Who asked, for the audit log, e.g. ``"sms DELETE"``.
+    """
+    unknown = [r for r in rosters if r not in ROSTERS]
+    if unknown:
+        raise FloodwarnError(f"unknown roster {unknown[0]!r}; valid: {', '.join(ROSTERS)}")
+    e164 = normalise_phone(phone, region)
+    national = str(phonenumbers.parse(e164).national_number)
+    hashes = [roster_hash(vault, e164, r) for r in rosters]
+    at = at or utcnow()
+    with store.session.begin() as s:
+        rows = s.scalars(select(Subscriber).where(Subscriber.phone_hash.in_(hashes),
+                                                  Subscriber.roster.in_(rosters))
+                         .order_by(Subscriber.id).with_for_update()).all()
+        if not rows:
+            return Erasure()
+        ids = [r.id for r in rows]
+        traces = set(hashes) | {r.phone_enc for r in rows}
+        language = next((r.language for r in rows if r.roster == "public"), rows[0].language)
+        cancelled = s.execute(update(OutboxRow).where(OutboxRow.subscriber_id.in_(ids),
+                                                      OutboxRow.state.in_(("held", "pending")))
+                              .values(state="cancelled", error="subscriber deleted")).rowcount
+        s.execute(update(OutboxRow).where(OutboxRow.subscriber_id.in_(ids)).values(subscriber_id=None))
+        cleaned = 0
+        for report in s.scalars(select(ReportRow)):
+            mine = report.subscriber_id in ids
+            if mine or national in re.sub(r"\D", "", report.text):
+                text = redact_numbers(report.text)
+                if national in re.sub(r"\D", "", text):  # written in a way no rule sees as a number
+                    text = NUMBER_REMOVED
+                cleaned += text != report.text
+                report.text = text
+            if mine:
+                report.subscriber_id = None
+        named = or_(*(cast(AuditRow.detail, Text).contains(n, autoescape=True)
+                      for n in (national, *traces)))
+        for entry in s.scalars(select(AuditRow).where(named)):
+            detail = _without_number(entry.detail, national, traces)
+            if detail != entry.detail:
+                entry.detail = detail
+                cleaned += 1
+        s.execute(delete(Subscriber).where(Subscriber.id.in_(ids)))
+        for r in rows:
+            store.audit(s, "subscriber_deleted", {"subscriber_id": r.id, "roster": r.roster,
+                                                  "source": source}, time=at)
+    log.info("number %s erased (%s; %d queued message(s) cancelled, %d text(s) cleaned), "
+             "asked by %s", mask_phone(e164), ", ".join(f"{r.roster} subscriber {r.id}" for r in rows),
+             cancelled, cleaned, source)
+    return Erasure(tuple((r.id, r.roster) for r in rows), language, cancelled, cleaned)
+
+
+def _without_number(value, national: str, traces: set[str]):
+    """``value`` (JSON) with every string holding the number, its hash or its encrypted form
+    cleaned of it (a new object: the ORM sees the change)."""
+    if isinstance(value, dict):
+        return {k: _without_number(v, national, traces) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_number(v, national, traces) for v in value]
+    if isinstance(value, str):
+        if any(x in value for x in traces):
+            return "[removed]"
+        if national in value:
+            value = redact_numbers(value)
+            return NUMBER_REMOVED if national in value else value
+        return value
+    if isinstance(value, int) and not isinstance(value, bool) and national in str(value):
+        return NUMBER_REMOVED
+    return value

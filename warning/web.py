@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -131,7 +130,7 @@ def create_app(cfg: Config, *, store: Store | None = None, service: Any = None) 
 
     @app.get("/api/zones", response_model=list[ZoneOut], tags=["api"])
     def api_zones(scope: str = Query("live", description="live, or drill:<name>")) -> list[ZoneOut]:
-        """Every zone with its current level."""
+        """Every zone with its published level (a raise held for approval is not public)."""
         with store.session() as s:
             rows = {r.zone: r for r in s.scalars(select(ZoneStateRow).where(ZoneStateRow.scope == scope))}
         zones = []
@@ -188,10 +187,12 @@ def create_app(cfg: Config, *, store: Store | None = None, service: Any = None) 
     @app.get("/api/alerts", response_model=list[AlertOut], tags=["api"])
     def api_alerts(zone: str | None = None, scope: str = "live",
                    limit: int = Query(100, ge=1, le=10_000)) -> list[AlertOut]:
-        """Notices issued (newest first), with links to their CAP file and page."""
+        """Published notices (newest first), with links to their CAP file and page. Notices held
+        for a manager's approval, rejected or withdrawn are not public and are not listed."""
         from alerts.notices import notice_html_url, notice_url
 
-        q = select(AlertRow).where(AlertRow.scope == scope).order_by(AlertRow.id.desc()).limit(limit)
+        q = (select(AlertRow).where(AlertRow.scope == scope, AlertRow.state == "published")
+             .order_by(AlertRow.id.desc()).limit(limit))
         if zone:
             q = q.where(AlertRow.zone == zone)
         with store.session() as s:
@@ -252,7 +253,7 @@ def create_app(cfg: Config, *, store: Store | None = None, service: Any = None) 
         from .subscribers import PhoneVault
         from .webhooks import make_router
 
-        base = os.environ.get("FLOODWARN_PUBLIC_URL") or cfg.notices.web_base
+        base = env_secret("FLOODWARN_PUBLIC_URL") or cfg.notices.web_base
         app.include_router(make_router(store, auth_token=token, public_base_url=base, vault=PhoneVault.from_env(),
                                        region=cfg.subscribers.default_region,
                                        zones={z.code: names.get(z.code, z.code) for z in cfg.zones},

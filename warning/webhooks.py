@@ -16,7 +16,9 @@ Routes (Twilio POSTs ``application/x-www-form-urlencoded``):
     subscriber (:data:`PERMANENT_ERRORS`). Answers **204** with no body.
 ``POST /twilio/sms-inbound``
     A resident's text (``From``, ``Body``, ``MessageSid``, ...), parsed by
-    :func:`alerts.inbound.parse_inbound`: STOP, START, HELP, JOIN, LANG, REPORT.
+    :func:`alerts.inbound.parse_inbound`: STOP, START, HELP, JOIN, LANG, REPORT, and
+    DELETE (or BORRAR), which erases the number and every trace of it
+    (:func:`warning.subscribers.erase_number`).
     Answers **200** with TwiML (``application/xml``): ``<Response><Message>reply
     </Message></Response>``, or an empty ``<Response/>`` for STOP (Twilio sends the
     opt-out confirmation itself).
@@ -58,13 +60,14 @@ from alerts.inbound import (
     REPLY_LANGUAGES,
     InboundCommand,
     parse_inbound,
+    redact_numbers,
     reply_language,
     reply_text,
 )
 
 from .errors import ConfigError, FloodwarnError
 from .storage import DeliveryRow, OutboxRow, ReportRow, Store, Subscriber, utcnow
-from .subscribers import PhoneVault, SubscriberRegistry, normalise_phone
+from .subscribers import PhoneVault, SubscriberRegistry, erase_number, normalise_phone
 
 log = logging.getLogger(__name__)
 
@@ -370,6 +373,8 @@ class TwilioWebhooks:
         Audit events: the registry writes ``opt_out``, ``opt_in`` and ``language`` when it
         changes a known subscriber; this writes them when it could not (unknown number,
         unsupported language) and writes ``join``, ``report`` and ``inbound_unknown``.
+        DELETE writes ``subscriber_deleted`` (by id) for each row it erases, and nothing
+        for an unknown number.
         """
         now = self.clock()
         sub = self.registry.find(phone)
@@ -400,6 +405,13 @@ class TwilioWebhooks:
 
         if kind == "help":
             return reply_text(command, "ok", language, sender=sender)
+
+        if kind == "delete":  # every roster, every trace; an unknown number changes nothing
+            erased = erase_number(self.store, self.vault, phone, region=self.registry.region,
+                                  source="sms DELETE", at=now)
+            if not erased:
+                return reply_text(command, "not_subscribed", language, sender=sender)
+            return reply_text(command, "ok", reply_language(erased.language), sender=sender)
 
         if kind == "join":
             code = self._zone_by_folded.get(command.argument.casefold())
@@ -433,8 +445,10 @@ class TwilioWebhooks:
         if kind == "report":
             zones = list(sub.zones) if sub else []
             with self.store.session.begin() as s:
+                # parse_inbound removed any phone number typed in; again here, so that no
+                # way of making the command can store one
                 report = ReportRow(time=now, subscriber_id=sub_id, zones=zones,
-                                   text=command.argument)
+                                   text=redact_numbers(command.argument))
                 s.add(report)
                 s.flush()
                 self.store.audit(s, "report", {"report_id": report.id, "subscriber_id": sub_id,

@@ -56,7 +56,7 @@ def sample(name: str) -> bytes:
 
 def test_format_cap_time_has_offset_and_no_fraction():
     dt = datetime(2026, 3, 14, 6, 0, 0, 123456, tzinfo=UTC)
-    assert format_cap_time(dt) == "2026-03-14T06:00:00+00:00"
+    assert format_cap_time(dt) == "2026-03-14T06:00:00-00:00"  # CAP 1.2 3.3.2: UTC is -00:00
     eastern = timezone(timedelta(hours=-5))
     assert format_cap_time(datetime(2026, 3, 14, 1, tzinfo=eastern)) == "2026-03-14T01:00:00-05:00"
 
@@ -84,7 +84,7 @@ def test_parse_cap_time_accepts_minus_zero():
 def test_reference_string():
     refs = [("a@x.org", "id-1", T0), ("a@x.org", "id-2", T0 + timedelta(minutes=5))]
     assert reference_string(refs) == (
-        "a@x.org,id-1,2026-03-14T06:00:00+00:00 a@x.org,id-2,2026-03-14T06:05:00+00:00"
+        "a@x.org,id-1,2026-03-14T06:00:00-00:00 a@x.org,id-2,2026-03-14T06:05:00-00:00"
     )
 
 

@@ -151,7 +151,8 @@ def test_command_is_frozen_and_checked():
 def every_reply(language: str):
     """(kind, outcome, text) for every reply with typical values."""
     commands = {"stop": InboundCommand("stop"), "start": InboundCommand("start"),
-                "help": InboundCommand("help"), "join": InboundCommand("join", argument="XX-9"),
+                "help": InboundCommand("help"), "delete": InboundCommand("delete"),
+                "join": InboundCommand("join", argument="XX-9"),
                 "lang": InboundCommand("lang", argument="fr"),
                 "report": InboundCommand("report", argument="x")}
     for kind, outcomes in OUTCOMES.items():

@@ -105,7 +105,9 @@ def test_alert_explains_itself():
     assert "model run 2026-03-14T05:00Z-hand-ens" in info.description
     assert "KNMI radar nowcast" in info.description
     assert info.parameters["floodwarn:modelRun"] == RUN["model_run"]
-    assert info.parameters["floodwarn:forecastIssued"] == RUN["forecast_issued"]
+    # a time given as text is written as CAP writes times: UTC as -00:00
+    assert RUN["forecast_issued"] == "2026-03-14T05:30:00+00:00"
+    assert info.parameters["floodwarn:forecastIssued"] == "2026-03-14T05:30:00-00:00"
     assert info.parameters["floodwarn:dataSources"] == RUN["data_sources"]
     assert info.parameters["floodwarn:peakDepth_m"] == "0.82"
     assert info.parameters["floodwarn:thresholds"] == "peak_depth_m >= 0.5 or observed_stage_m >= 2"
@@ -194,10 +196,10 @@ def test_onset_detail_becomes_cap_onset(onset):
     alert = build_notice(decision, ZONE, WARNING, [], CTX, identifier="a", expires=T0 + HOUR,
                          details={"onset": onset, "peak_time": T0 + 3 * HOUR, "note": ""})
     info = alert.infos[0]
-    assert format_cap_time(info.onset) == "2026-03-14T08:00:00+00:00"
-    assert info.parameters["floodwarn:peakTime"] == "2026-03-14T09:00:00+00:00"
+    assert format_cap_time(info.onset) == "2026-03-14T08:00:00-00:00"
+    assert info.parameters["floodwarn:peakTime"] == "2026-03-14T09:00:00-00:00"
     assert "floodwarn:note" not in info.parameters  # empty details are left out
-    assert "around 2026-03-14T09:00:00+00:00" in info.description
+    assert "around 2026-03-14T09:00:00-00:00" in info.description
 
 
 @pytest.mark.parametrize("onset", ["Sat 14 Mar 08:00 UTC", "2026-03-14T08:00:00"])

@@ -17,6 +17,10 @@ and answers like Twilio: 201 with a message resource (``sid`` "SM" + 32 hex, ``s
 401/20003 bad credentials, 400/21211 a ``To`` that is not E.164, 400/21610 a number that
 replied STOP (:meth:`FakeTwilio.opt_out`), 400/21602-21604 missing fields, or any
 failure queued with :meth:`FakeTwilio.fail_next`.
+
+Faults for load tests: ``delay_s`` holds every request that long before answering (a slow
+provider), and ``list_fails`` makes every list call (how ``Channel.find_sent`` asks what
+went out) answer 500 while sends still work.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import base64
 import json
 import re
 import threading
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -72,9 +77,14 @@ class FakeTwilio:
         ``http://127.0.0.1:<port>``, for ``TwilioChannel(base_url=...)``.
     messages : list of dict
         Accepted messages, in order, with the form params as sent (``To``, ``From``,
-        ``Body``, ...) plus ``sid`` and ``AccountSid``.
+        ``Body``, ...) plus ``sid``, ``AccountSid`` and ``received_at`` (``time.time()``
+        when it was accepted, for measuring rates).
     requests : list of FakeRequest
         Every request, accepted or not.
+    delay_s : float
+        Seconds every request waits before it is handled (0: none); settable any time.
+    list_fails : bool
+        When true, list calls (``GET Messages.json``) answer 500 (code 20500).
     """
 
     def __init__(
@@ -87,9 +97,11 @@ class FakeTwilio:
         self.account_sid = account_sid
         self.auth_token = auth_token
         self.unsubscribed = set(unsubscribed)
-        self.messages: list[dict[str, str]] = []
+        self.messages: list[dict[str, Any]] = []
         self.requests: list[FakeRequest] = []
         self._failures: list[tuple[int, int | None, str]] = []
+        self.delay_s = 0.0
+        self.list_fails = False
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -146,6 +158,8 @@ class FakeTwilio:
     def _handle(self, request: FakeRequest) -> tuple[int, dict[str, Any]]:
         with self._lock:
             self.requests.append(request)
+        if self.delay_s > 0:
+            time.sleep(self.delay_s)
         match = _MESSAGES_RE.match(request.path.split("?")[0])
         if not match:
             return _error(404, 20404, f"The requested resource {request.path} was not found")
@@ -157,6 +171,8 @@ class FakeTwilio:
                 status, code, message = self._failures.pop(0)
                 return _error(status, code, message)
         if request.method == "GET" and not match["sid"]:
+            if self.list_fails:
+                return _error(500, 20500, "Internal Server Error")
             return self._list(request.path)
         if request.method == "GET":
             return self._fetch(match["sid"])
@@ -197,7 +213,7 @@ class FakeTwilio:
             if to in self.unsubscribed:
                 return _error(400, 21610, "Attempt to send to unsubscribed recipient")
             message = dict(form, sid="SM" + uuid.uuid4().hex, AccountSid=self.account_sid,
-                           created=formatdate(usegmt=True))
+                           created=formatdate(usegmt=True), received_at=time.time())
             self.messages.append(message)
         return 201, self._resource(message)
 

@@ -98,3 +98,18 @@ def test_secret_from_file(tmp_path, monkeypatch):
     monkeypatch.setenv("FLOODWARN_SECRET_KEY", "other")
     with pytest.raises(ConfigError, match="not both"):
         env_secret("FLOODWARN_SECRET_KEY")
+
+
+def test_a_texted_level_without_an_instruction_is_refused_at_check_config(tmp_path):
+    """Every warning SMS says what to do; a level texted without an instruction would fail
+    every raise in the cycle, so check-config refuses it with the key path and the fix."""
+    def edit(t):
+        return re.sub(r'(name = "advisory"(?:.|\n)*?)\ninstruction = "[^"]*"', r"\1", t, count=1)
+
+    path = _broken(tmp_path, edit)
+    res = CliRunner().invoke(app, ["check-config", str(path)])
+    assert res.exit_code == 1
+    words = " ".join(res.output.split())  # the console wraps long lines
+    assert "levels[0]: instruction is empty" in words and "or sms = false" in words
+    fixed = _broken(tmp_path, lambda t: edit(t).replace('name = "advisory"', 'name = "advisory"\nsms = false', 1))
+    assert CliRunner().invoke(app, ["check-config", str(fixed)]).exit_code == 0

@@ -1,6 +1,6 @@
 """The operators' console in a real browser (Debian's headless Chromium driven by
-Playwright): sign in, see the town at its warning level, approve the held notice, find
-the approval in the alert log. Also the console's guards without a browser: no page
+Playwright): sign in, see the town's raise held beside its published level, approve the
+held notice, find the approval in the alert log and the town at its new level. Also the console's guards without a browser: no page
 without a session, wrong passwords refused, forms without the session's CSRF token
 refused, passwords stored as scrypt hashes."""
 
@@ -70,6 +70,43 @@ def test_console_guards_sessions_passwords_and_csrf(site_with_held_warning):
         assert client.get("/console/rain.png").content[:4] == b"\x89PNG"
 
 
+def test_only_managers_decide_and_the_public_sees_only_what_is_published(site_with_held_warning):
+    """Through the running service's app: an operator cannot approve (no buttons, 403), the
+    public API shows neither the held level nor the held notice, and after a manager's
+    approval both are public."""
+    import re
+
+    cfg, svc, pending = site_with_held_warning
+    add_operator(svc.store, "watch", PASSWORD, "operator")
+    held = {p.alert for p in pending}
+    with TestClient(create_app(cfg, store=svc.store, service=svc), base_url="https://testserver") as client:
+        zones = {z["code"]: z for z in client.get("/api/zones").json()}
+        assert all(zones[p.zone]["level_name"] == "none" for p in pending)
+        assert not held & {a["identifier"] for a in client.get("/api/alerts").json()}
+        assert all(client.get(f"/notices/{a}.xml").status_code == 404 for a in held)
+
+        client.post("/console/login", data={"name": "watch", "password": PASSWORD})
+        page = client.get("/console/approvals").text
+        assert "Only a manager can approve" in page and "/console/approvals/" not in page
+        token = re.search(r'name="csrf" value="([0-9a-f]+)"', page).group(1)  # the sign-out form's
+        refused = client.post(f"/console/approvals/{pending[0].id}", data={"action": "approve", "csrf": token})
+        assert refused.status_code == 403 and "only managers" in refused.text
+        assert {p.id for p in pending_approvals(svc.store)} == {p.id for p in pending}
+
+        client.cookies.clear()
+        client.post("/console/login", data={"name": "duty", "password": PASSWORD})
+        page = client.get("/console/approvals").text
+        token = re.search(r'name="csrf" value="([0-9a-f]+)"', page).group(1)
+        first = pending[0]
+        done = client.post(f"/console/approvals/{first.id}", data={"action": "approve", "csrf": token},
+                           follow_redirects=False)
+        assert done.status_code == 303
+        zones = {z["code"]: z for z in client.get("/api/zones").json()}
+        assert zones[first.zone]["level_name"] == first.level and zones[first.zone]["active"]
+        assert first.alert in {a["identifier"] for a in client.get("/api/alerts").json()}
+        assert client.get(f"/notices/{first.alert}.xml").status_code == 200
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -107,8 +144,9 @@ def test_console_in_headless_chromium(site_with_held_warning):
             page.click("button[type=submit]")
             page.wait_for_url(f"{base}/console")
             row = page.locator(f"#zones tr[data-zone='{zone}']")
-            assert row.get_attribute("data-level") == pending[0].level
-            assert "Flood" in row.inner_text()
+            # held: the published level is still none; the raise waits in its own column
+            assert row.get_attribute("data-level") == "none"
+            assert pending[0].level in row.locator("td.held").inner_text()
             assert page.locator("img[src='/console/map.png']").evaluate("i => i.complete && i.naturalWidth > 0")
             page.click("a[href='/console/approvals']")
             section = page.locator(f"section.approval[data-id='{pending[0].id}']")
@@ -117,6 +155,9 @@ def test_console_in_headless_chromium(site_with_held_warning):
             page.wait_for_url(f"{base}/console/log")
             approved = page.locator("#log tr.event-approved").first.inner_text()
             assert "duty" in approved and pending[0].alert in approved
+            page.goto(f"{base}/console")  # approved: now the zone's published level
+            row = page.locator(f"#zones tr[data-zone='{zone}']")
+            assert row.get_attribute("data-level") == pending[0].level and "Flood" in row.inner_text()
             browser.close()
     finally:
         server.should_exit = True

@@ -333,6 +333,7 @@ severity = "Severe"
 urgency = "Immediate"
 certainty = "Observed"
 response_type = "Avoid"
+instruction = "Keep away from the brook."
 
 [[zones]]
 code = "Z1"

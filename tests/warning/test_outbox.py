@@ -27,6 +27,7 @@ from tests.conftest import REPO, demo_config_text  # noqa: E402
 from warning.outbox import (Dispatcher, decide_approval, outbox_counts, pending_approvals,  # noqa: E402
                             queue_fanout, release_due)
 from warning.storage import AlertRow, ApprovalRow, AuditRow, OutboxRow, Run, Store, Subscriber  # noqa: E402
+from warning.console import add_operator  # noqa: E402
 from warning.subscribers import PhoneVault  # noqa: E402
 
 T0 = datetime(2025, 11, 14, 6, 0, tzinfo=UTC)
@@ -185,6 +186,8 @@ def test_rate_limiter_meters_segments():
 
 def test_approval_queue_approve_with_edit_reject_and_auto_release(tmp_path, env):
     store = Store(f"sqlite:///{tmp_path}/fw.db")
+    add_operator(store, "Duty manager A. Jones", "a long password", "manager")
+    add_operator(store, "A. Watch", "a long password", "operator")
     add_subscribers(store, 5, zone="Z1")
     queue(store, "Z1.S", held=True)
     with FakeTwilio() as fake:
@@ -192,6 +195,10 @@ def test_approval_queue_approve_with_edit_reject_and_auto_release(tmp_path, env)
         assert not d.drain().busy and fake.messages == []  # held: nothing goes out
         [p] = pending_approvals(store)
         assert (p.alert, p.messages, p.level) == ("Z1.S", 5, "severe")
+        for who in ("A. Watch", "nobody"):  # only managers decide
+            with pytest.raises(Exception, match="only managers|not an operator"):
+                decide_approval(store, p.id, approve=True, by=who)
+        assert outbox_counts(store) == {"held": 5}
         published = []
         decide_approval(store, p.id, approve=True, by="Duty manager A. Jones", at=T0 + timedelta(minutes=7),
                         text="SEVERE flood warning Z1: leave now for higher ground.", publish=published.append)
@@ -199,7 +206,7 @@ def test_approval_queue_approve_with_edit_reject_and_auto_release(tmp_path, env)
         assert d.drain().sent == 5
         assert {m["Body"] for m in fake.messages} == {"SEVERE flood warning Z1: leave now for higher ground."}
         with pytest.raises(Exception, match="already approved"):
-            decide_approval(store, p.id, approve=False, by="someone")
+            decide_approval(store, p.id, approve=False, by="Duty manager A. Jones")
     with store.session() as s:
         a = s.scalar(select(ApprovalRow))
         assert (a.state, a.decided_by, a.decided_at) == ("approved", "Duty manager A. Jones",
@@ -209,6 +216,7 @@ def test_approval_queue_approve_with_edit_reject_and_auto_release(tmp_path, env)
 
     # reject: nothing is ever sent; auto-release: released when the time runs out
     store2 = Store(f"sqlite:///{tmp_path}/fw2.db")
+    add_operator(store2, "A. Jones", "a long password", "manager")
     add_subscribers(store2, 4, zone="Z1")
     queue(store2, "Z1.R", held=True)
     [p] = pending_approvals(store2)
@@ -221,7 +229,7 @@ def test_approval_queue_approve_with_edit_reject_and_auto_release(tmp_path, env)
     assert release_due(store3, T0 + timedelta(minutes=30)) == 1
     assert outbox_counts(store3) == {"pending": 4}
     with store3.session() as s:
-        assert s.scalar(select(ApprovalRow.decided_by)) == "auto-release"
+        assert s.scalar(select(ApprovalRow.decided_by)) == "time-out"
 
 
 # --------------------------------------------------------------------------- crash test
