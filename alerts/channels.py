@@ -132,7 +132,8 @@ class Channel(Protocol):
     def find_sent(self, msg: OutgoingMessage, since: datetime) -> str | None:
         """The provider id of ``msg`` if it was already handed over at or after ``since``
         (a dispatcher died before recording it), else None. Raises DeliveryError when the
-        provider cannot be asked; the message then stays in doubt and is not resent."""
+        provider cannot be asked; the message then stays in doubt (the outbox asks again
+        with backoff, and after a bounded time resends or holds it and tells operators)."""
         ...
 
 

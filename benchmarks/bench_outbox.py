@@ -175,12 +175,15 @@ def bench_shared_rate(processes: int, rate: float, seconds: float) -> dict:
             "per_process": [s["sent"] for s in stats]}
 
 
-def bench_kills(kills: int, n: int, rate: float, batch: int, lease: float, seed: int = 13) -> dict:
+def bench_kills(kills: int, n: int, rate: float, batch: int, lease: float, delay: float,
+                seed: int = 13) -> dict:
     """Two dispatcher processes whose batches take longer than the lease (``batch`` at
-    ``rate`` shared by two), one of them SIGKILLed at random moments ``kills`` times (and
+    ``rate`` shared by two) against a slow provider (``delay`` s per request, so many kills
+    land mid-request), one of them SIGKILLed at random moments ``kills`` times (and
     restarted); then both run to the end. Duplicates and lost messages at the provider."""
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory() as folder, FakeTwilio() as fake:
+        fake.delay_s = delay
         store = make_store(folder, n)
         _queue(store)
         url = f"sqlite:///{folder}/bench.db"
@@ -304,10 +307,11 @@ def main() -> None:
                   f"{r['overall']:.1f} segments/s over {r['span']:.1f} s ({r['steady']:.1f} after the first "
                   f"second's burst); sent per process {r['per_process']}", flush=True)
     if "kills" in a.parts:
-        batch, lease = 50, 1.0
-        r = bench_kills(a.kills, 1000, a.rate, batch, lease)
+        batch, lease, delay = 50, 1.0, 0.04
+        r = bench_kills(a.kills, 1000, a.rate, batch, lease, delay)
         print(f"{r['kills']} SIGKILLs of two dispatcher processes (batches of {batch} at a shared {a.rate:g}/s, "
-              f"{batch / a.rate:.1f}-{2 * batch / a.rate:.1f} s per batch, lease {lease:g} s): "
+              f"{batch / a.rate:.1f}-{2 * batch / a.rate:.1f} s per batch, lease {lease:g} s, provider answering "
+              f"in {delay * 1000:.0f} ms): "
               f"{r['messages']} messages, the provider got {r['at_provider']}: {r['duplicates']} duplicate(s), "
               f"{r['lost']} lost; outbox {r['outbox']}; recovery found {r['recovered']} sent and requeued "
               f"{r['requeued']}, {r['claim_lost']} claim(s) lost; {r['sent_at_last_kill']} sent by the last "

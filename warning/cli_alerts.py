@@ -317,9 +317,7 @@ ByOpt = Annotated[str, typer.Option(help="who decides (for the audit log)")]
 @outbox_app.command("in-doubt")
 @_friendly
 def outbox_in_doubt(config: ConfigOpt, alert: AlertOpt = "") -> None:
-    """Messages that may or may not have gone out (a dispatcher died mid-send and the
-    provider could not be asked): held ones, and ones recovery is still asking about.
-    Numbers are masked."""
+    """Messages that may or may not have gone out, held or still being asked about (masked)."""
     from collections import Counter
 
     from .outbox import messages_in_doubt

@@ -263,6 +263,9 @@ def release_due(store: Store, now: datetime, publish: Callable[[AlertRow], None]
 
 
 # --------------------------------------------------------------------------- dispatcher
+ASK_FAILURES_PER_PASS = 3
+"""A recovery pass stops asking the provider after this many failed asks in a row."""
+
 IN_DOUBT_ACTIONS = ("resend", "hold")
 """What recovery does with messages whose fate the provider could not tell within
 ``in_doubt_give_up``: ``resend`` (queue them again: for a flood warning a possible
@@ -485,7 +488,9 @@ class Dispatcher:
         When the provider cannot be asked (``find_sent`` raises), the row stays claimed and
         is asked about again with backoff (``in_doubt_since``, ``next_attempt_at``); after
         ``in_doubt_give_up`` it is resent or held (``in_doubt_action``) and the operators
-        are told, once per episode.
+        are told, once per episode. After :data:`ASK_FAILURES_PER_PASS` failed asks in a row
+        the pass asks no more (a provider that times out would otherwise hold it for
+        minutes per message): the rest wait for the next ask like the failed ones.
         """
         now = now or self.clock()
         st = DispatchStats()
@@ -497,6 +502,7 @@ class Dispatcher:
                                      or_(OutboxRow.next_attempt_at.is_(None), OutboxRow.next_attempt_at <= now))
                               .order_by(OutboxRow.id)).all()
         doubtful: list[tuple[OutboxRow, str]] = []
+        failures, error = 0, ""
         for row, sub in stale:
             still = [OutboxRow.state == "claimed", OutboxRow.claimed_by == row.claimed_by,
                      OutboxRow.claimed_at <= cutoff]
@@ -505,13 +511,18 @@ class Dispatcher:
                                 in_doubt_since=None, audit=("send_cancelled", {"why": "subscriber deleted"})):
                     st.cancelled += 1
                 continue
+            if failures >= ASK_FAILURES_PER_PASS:
+                doubtful.append((row, error))
+                continue
             msg = self._message(row, sub)
             try:
                 sid = self.channel.find_sent(msg, row.claimed_at)
             except DeliveryError as exc:
-                st.errors.append(str(exc))
-                doubtful.append((row, str(exc)))
+                failures, error = failures + 1, str(exc)
+                st.errors.append(error)
+                doubtful.append((row, error))
                 continue
+            failures = 0
             if sid:
                 if self._finish(row, now, where=still, state="sent", provider_id=sid, sent_at=now,
                                 next_attempt_at=None, in_doubt_since=None,
@@ -576,7 +587,9 @@ class Dispatcher:
         st.in_doubt += len(given_up)
         by_alert = Counter(r.alert_identifier for r in given_up)
         # short enough for an SMS (the first 300 characters go out): the error is in the detail
-        which = f"{len(given_up)} SMS ({', '.join(f'{a}: {n}' for a, n in sorted(by_alert.items()))})"
+        alerts = [f"{a}: {n}" for a, n in sorted(by_alert.items())]
+        more = f" and {len(alerts) - 3} more" if len(alerts) > 3 else ""
+        which = f"{len(given_up)} SMS ({', '.join(alerts[:3])}{more})"
         why = (f"a dispatcher stopped while sending them and {self.channel.name} could not say for "
                f"{_duration(give_up)} whether they had gone out")
         problem = (f"{which} were sent again, some residents may get them twice: {why}."
@@ -856,12 +869,13 @@ def settle_in_doubt(store: Store, *, action: str, by: str, alert: str | None = N
     if not by.strip():
         raise FloodwarnError("say who decides: --by NAME")
     if action == "resend":
-        values: dict[str, Any] = dict(state="pending", claimed_by=None, next_attempt_at=None, in_doubt_since=None,
-                                      error=f"was in doubt; sent again on {by}'s decision, a duplicate is possible")
+        values: dict[str, Any] = {"state": "pending", "claimed_by": None, "next_attempt_at": None,
+                                  "in_doubt_since": None,
+                                  "error": f"was in doubt; sent again on {by}'s decision, a duplicate is possible"}
         event = "in_doubt_resend"
     elif action == "sent":
-        values = dict(state="sent", sent_at=at, next_attempt_at=None, in_doubt_since=None,
-                      error=f"was in doubt; marked sent by {by} (not confirmed by the provider)")
+        values = {"state": "sent", "sent_at": at, "next_attempt_at": None, "in_doubt_since": None,
+                  "error": f"was in doubt; marked sent by {by} (not confirmed by the provider)"}
         event = "in_doubt_marked_sent"
     else:
         raise ValueError(f"action must be 'resend' or 'sent', got {action!r}")

@@ -80,9 +80,12 @@ def twilio(fake: FakeTwilio) -> TwilioChannel:
                          validity_period=600)
 
 
-def test_fanout_to_10000_subscribers_two_dispatchers_no_duplicates(tmp_path, env):
+def test_fanout_to_3000_subscribers_two_dispatchers_no_duplicates(tmp_path, env):
+    # 3,000: each send is checked and recorded against the database (claims); the 10,000+
+    # scale is benchmarks/bench_outbox.py's
+    n = 3_000
     store = Store(f"sqlite:///{tmp_path}/fw.db")
-    add_subscribers(store, 10_000, language=lambda i: "es" if i % 3 == 0 else "en")
+    add_subscribers(store, n, language=lambda i: "es" if i % 3 == 0 else "en")
     add_subscribers_other = 50  # subscribers of another zone get nothing
     vault = PhoneVault(SECRET)
     with store.session.begin() as s:
@@ -90,7 +93,7 @@ def test_fanout_to_10000_subscribers_two_dispatchers_no_duplicates(tmp_path, env
                                         "phone_enc": vault.encrypt(phone(20_000 + i)), "zones": ["Z2"],
                                         "language": "en", "consent_source": "test", "consent_time": T0}
                                        for i in range(add_subscribers_other)])
-    assert queue(store, "Z1.A") == 10_000
+    assert queue(store, "Z1.A") == n
     with store.session.begin() as s:  # queueing again (a re-run of the cycle) is refused by the unique key
         with pytest.raises(Exception):
             queue_fanout(s, store, alert_identifier="Z1.A", zone="Z1", scope="live",
@@ -104,11 +107,11 @@ def test_fanout_to_10000_subscribers_two_dispatchers_no_duplicates(tmp_path, env
         for t in threads:
             t.join()
         to = Counter(m["To"] for m in fake.messages)
-    assert len(to) == 10_000 and max(to.values()) == 1
-    assert set(to) == {phone(i) for i in range(10_000)}
-    assert sum(st.sent for st in stats) == 10_000
+    assert len(to) == n and max(to.values()) == 1
+    assert set(to) == {phone(i) for i in range(n)}
+    assert sum(st.sent for st in stats) == n
     assert all(st.sent > 0 for st in stats)  # both dispatchers took part
-    assert outbox_counts(store) == {"sent": 10_000}
+    assert outbox_counts(store) == {"sent": n}
     # the SDK sent what the outbox asked for: validity period, status callback, the language's text
     by_to = {m["To"]: m for m in fake.messages}
     assert by_to[phone(3)]["Body"].endswith("(es). Move to higher ground.")
@@ -118,7 +121,7 @@ def test_fanout_to_10000_subscribers_two_dispatchers_no_duplicates(tmp_path, env
         provider_ids = s.scalars(select(OutboxRow.provider_id)).all()
         sends = s.scalars(select(AuditRow).where(AuditRow.event == "sent")).all()
     assert set(provider_ids) == {m["sid"] for m in fake.messages}
-    assert len(sends) == 10_000 and all("+1555" not in str(a.detail) for a in sends[:100])
+    assert len(sends) == n and all("+1555" not in str(a.detail) for a in sends[:100])
 
 
 def test_newer_alert_supersedes_unsent_older_one(db_url, env):
