@@ -649,6 +649,8 @@ def decide(
         else:
             run_level, count = target, 1
         new = run_level if count >= policy.persistence else 0
+        if policy.persistence <= 1:  # every level met now has met its persistence, the highest too
+            new = target
         observed = 0
         if policy.escalate_on_observed:
             observed = max(

@@ -46,6 +46,9 @@ def main() -> None:
             max_examples=args.examples, stateful_step_count=args.steps, deadline=None, database=None,
             derandomize=True, phases=[Phase.generate], suppress_health_check=list(HealthCheck)))
     except AssertionError as exc:  # a violation: hypothesis printed the whole sequence
+        import traceback
+
+        traceback.print_exc()
         failure = exc
     seconds = time.perf_counter() - t0
     c = WarningMachine.counts

@@ -67,6 +67,11 @@ from .subscribers import ALL_ZONES, PhoneVault
 log = logging.getLogger(__name__)
 
 OPEN_STATES = ("held", "pending")
+"""Rows that may still go out without a person: waiting for approval or for a dispatcher."""
+
+UNSENT_STATES = (*OPEN_STATES, "in_doubt")
+"""Rows not known to be sent: a newer notice for the zone supersedes them (a message held in
+doubt must not be resent once it is out of date), and a permanent error cancels them."""
 
 
 # --------------------------------------------------------------------------- queueing
@@ -96,7 +101,7 @@ def queue_fanout(s, store: Store, *, alert_identifier: str, zone: str, scope: st
     """
     superseded = s.execute(update(OutboxRow)
                            .where(OutboxRow.zone == zone, OutboxRow.scope == scope,
-                                  OutboxRow.state.in_(OPEN_STATES),
+                                  OutboxRow.state.in_(UNSENT_STATES),
                                   OutboxRow.alert_identifier != alert_identifier)
                            .values(state="superseded", error=f"superseded by {alert_identifier}")
                            ).rowcount
@@ -656,7 +661,7 @@ class Dispatcher:
             event = "unreachable"
         self.store.audit(s, event, {"subscriber_id": sub_id, "source": f"provider error {code}"}, time=now)
         # nothing else queued for this number can go out either
-        s.execute(update(OutboxRow).where(OutboxRow.subscriber_id == sub_id, OutboxRow.state.in_(OPEN_STATES))
+        s.execute(update(OutboxRow).where(OutboxRow.subscriber_id == sub_id, OutboxRow.state.in_(UNSENT_STATES))
                   .values(state="cancelled", error=f"provider error {code}: {meaning}"))
 
     def _claim_lost(self, s, row: OutboxRow, st: DispatchStats, *, to_masked: str = "",

@@ -277,7 +277,7 @@ def erase_number(store: Store, vault: PhoneVault, phone: str, *, region: str = "
 
     - ``subscribers``: its row on each of ``rosters`` (encrypted number, lookup hash,
       zones, consent) is deleted;
-    - ``outbox``: messages still queued for it (held or pending) are cancelled, and its
+    - ``outbox``: messages still queued for it (held, pending or in doubt) are cancelled, and its
       rows lose their link to it (``subscriber_id`` NULL; they never held the number). A
       message a dispatcher is sending at that very moment can still go out;
     - ``reports``: its reports lose their link, and any report whose text names the number
@@ -316,7 +316,7 @@ def erase_number(store: Store, vault: PhoneVault, phone: str, *, region: str = "
         traces = set(hashes) | {r.phone_enc for r in rows}
         language = next((r.language for r in rows if r.roster == "public"), rows[0].language)
         cancelled = s.execute(update(OutboxRow).where(OutboxRow.subscriber_id.in_(ids),
-                                                      OutboxRow.state.in_(("held", "pending")))
+                                                      OutboxRow.state.in_(("held", "pending", "in_doubt")))
                               .values(state="cancelled", error="subscriber deleted")).rowcount
         s.execute(update(OutboxRow).where(OutboxRow.subscriber_id.in_(ids)).values(subscriber_id=None))
         cleaned = 0

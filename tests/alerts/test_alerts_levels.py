@@ -341,3 +341,24 @@ def test_gauge_site_metrics_read_in_plain_words():
     assert metric_label("forecast_peak_discharge_m3s") == "forecast peak river flow"
     assert metric_label("observed_rise_m_per_h", "es") == "subida observada del río"
     assert sms_segments(format_metric("observed_discharge_m3s", 38.5)).encoding == "GSM-7"
+
+
+def test_persistence_one_raises_to_the_highest_level_met_even_with_a_lower_run_pending():
+    """With persistence 1 a level is raised the first cycle it is met: a pending run at a
+    lower level (left by a raise that a manager rejected) does not cap the raise."""
+    levels = [
+        LevelSpec("alert", 1, "Flood Alert", "#f5c400", "Moderate", "Expected", "Possible", "Prepare",
+                  criteria=(Criterion("observed_stage_m", ">=", 1.0),)),
+        LevelSpec("warning", 2, "Flood Warning", "#e8770e", "Severe", "Immediate", "Likely", "Avoid",
+                  criteria=(Criterion("observed_stage_m", ">=", 2.0),)),
+        LevelSpec("severe", 3, "Severe Flood Warning", "#c8102e", "Extreme", "Immediate", "Likely", "Evacuate",
+                  criteria=(Criterion("forecast_peak_discharge_m3s", ">=", 80.0),)),
+    ]
+    prev = ZoneState(level=0, pending_level=2, pending_count=1)
+    d = decide(prev, {"observed_stage_m": 1.5, "forecast_peak_discharge_m3s": 100.0},
+               T0, levels, ZonePolicy(persistence=1), zone="Z")
+    assert (d.action, d.level) == ("raise", 3)
+    # with persistence 2 the pending run at 2 completes, and 3 starts its own run
+    d2 = decide(prev, {"observed_stage_m": 2.5, "forecast_peak_discharge_m3s": 100.0},
+                T0, levels, ZonePolicy(persistence=2), zone="Z")
+    assert (d2.action, d2.level, d2.state.pending_level, d2.state.pending_count) == ("raise", 2, 3, 1)
