@@ -27,8 +27,9 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/floodwarn demo --config config/demo.toml
 
 # The PostgreSQL tests skip, with the reason, when FLOODWARN_TEST_POSTGRES_URL is not set.
+# Two worker processes (pytest-xdist): many tests wait on subprocesses, servers and sockets.
 test: $(VENV)/.installed-test
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2
 
 $(VENV)/.installed-bench: pyproject.toml $(VENV)/.installed
 	$(PIP) install -e '.[test,bench]'

@@ -498,7 +498,8 @@ def test_run_cycle_on_deadrun_at_2200z_raises_the_level_the_record_calls_for(tmp
         run = s.get(Run, res.run_id)
         assert run.status == "done" and run.forecast_issued == at
         assert run.forecast_file == DEADRUN_CSV[-1]
-        assert set(run.summary) == {"metrics", "details", "problems", "timings", "decisions", "rain"}
+        assert set(run.summary) == {"metrics", "details", "problems", "timings", "decisions", "rain",
+                                    "failed_zones"}
     assert len(res.notices) == 1 and Path(res.notices[0]).is_file()
     store.dispose()
 
