@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from alerts.cap import CapAlert, parse_cap, to_xml
 from alerts.errors import CapError
 from alerts.feeds import FeedEntry, atom_feed, current_notices, index_html, notice_html
-from alerts.channels import Channel, get_channel
+from alerts.channels import Channel
 from alerts.delivery import RetryPolicy
 from alerts.levels import ZoneState, decide, held_state, needs_approval
 from alerts.messages import render_sms, sms_context
@@ -30,7 +30,7 @@ from alerts.notices import NoticeContext, ZoneInfo, build_notice, notice_html_ur
 
 from .config import Config
 from .site import Site
-from .operators import make_channel, tell_operators
+from .operators import tell_operators
 from .outbox import Dispatcher, queue_fanout
 from .storage import AlertRow, ApprovalRow, OutboxRow, Run, Store, ZoneStateRow, utcnow
 

@@ -281,7 +281,8 @@ def dispatch(config: ConfigOpt,
              lease_s: Annotated[float, typer.Option(help="override channels.claim_lease_s")] = 0.0,
              verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
     """Send the SMS outbox: safe to run several at once, and to kill and restart."""
-    from .alerting import make_channel, make_dispatcher
+    from .alerting import make_dispatcher
+    from .operators import make_channel
 
     _setup_logging(verbose)
     cfg, store = _open(config)

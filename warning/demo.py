@@ -19,7 +19,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .alerting import alerts_for, make_channel
+from .alerting import alerts_for
+from .operators import make_channel
 from .config import Config
 from .maps import peak_depth_map
 from .pipeline import CycleResult, Inputs, cycle_times, run_cycle

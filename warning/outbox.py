@@ -199,6 +199,8 @@ def decide_approval(store: Store, approval_id: int, *, approve: bool, by: str, a
             raise FloodwarnError(f"no approval request {approval_id}; see 'floodwarn alerts pending'")
         key = (a.zone, a.scope)
     with store.session.begin() as s:
+        if store.dialect == "sqlite":  # take the write lock before reading, as the cycle does
+            s.execute(update(ApprovalRow).where(ApprovalRow.id == approval_id).values(state=ApprovalRow.state))
         # the zone's state first, then the request (the cycle locks in the same order): two
         # processes deciding, releasing or cycling the same zone take turns
         zs = s.get(ZoneStateRow, key, with_for_update=True)

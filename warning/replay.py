@@ -196,7 +196,7 @@ def replay(cfg: Config, event: Event, *, speed: float | None = None, drill: bool
     """
     from alerts.channels import get_channel
 
-    from .alerting import make_channel
+    from .operators import make_channel
     from .service import Service
 
     if step <= timedelta(0):
