@@ -5,10 +5,18 @@ and databases: ``pg_url`` (a fresh PostgreSQL schema, when a server is configure
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from pathlib import Path
 
-import pytest
+# make test runs two pytest-xdist workers: each keeps its own Numba cache, so one worker never
+# loads a cached kernel (ours or a peer library's) while the other is still writing it (seen
+# as a KeyError in pysheds' cached priority flood). Set before anything imports Numba.
+if os.environ.get("PYTEST_XDIST_WORKER") and "NUMBA_CACHE_DIR" not in os.environ:
+    os.environ["NUMBA_CACHE_DIR"] = str(Path(tempfile.gettempdir()) /
+                                        f"floodwarn-numba-cache-{os.environ['PYTEST_XDIST_WORKER']}")
+
+import pytest  # noqa: E402
 
 try:  # psycopg's bundled libraries first, whatever a test imports (see warning.ingest.grid_sources.import_grib)
     import psycopg  # noqa: F401
