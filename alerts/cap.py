@@ -202,7 +202,9 @@ class CapArea:
         ``<areaDesc>``, shown as the title by aggregators: keep it under 50 characters.
     polygons : list of list of (lat, lon)
         WGS 84 degrees, latitude first. Rings are rounded to six decimals and closed if
-        open; each needs at least four pairs once closed.
+        open; each needs at least four pairs once closed. Each ring is one ``<polygon>``,
+        and several in one area are their union: CAP 1.2 has no holes, so give outer rings
+        only (an area with holes is published as its outer rings, which cover them).
     geocodes : dict of str to str
         ``valueName -> value``, e.g. ``{"TargetAreaCode": "053FWFSTEEP4"}``.
     circles : list of str

@@ -16,13 +16,22 @@ no rainfall forecast source and every zone names a gauge.
 from __future__ import annotations
 
 import json
+import math
 import re
 import tomllib
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+import rasterio
+import shapely
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from rasterio.errors import RasterioError
+from rasterio.warp import transform_geom
+from shapely.geometry import MultiPolygon, Polygon, mapping, shape
+from shapely.validation import explain_validity
 
 from alerts.levels import Criterion, LevelSpec, ZonePolicy
 
@@ -117,7 +126,9 @@ class ForecastSourceConfig(_Model):
     path: Path
     pattern: str = "*.nc"
     variable: str = "precipitation_rate"
-    units: Literal["mm/h", "mm h-1", "mm/s", "kg m-2 s-1", "m/s", "mm"] = "mm/h"
+    #: the rain's unit when the file does not say (CF ``units``, GRIB's own units); when
+    #: the file does say, it must agree with this or the file is refused. None: the file's
+    units: str | None = None
     #: further settings of that source (e.g. { name_format = "%Y%m%d%H%M.tif", interval_minutes = 5 })
     settings: dict[str, Any] = Field(default_factory=dict)
     #: a URL where the provider publishes its newest file: polled (conditional GET) by the
@@ -134,11 +145,11 @@ class ForecastSourceConfig(_Model):
 
     def source_settings(self, resolve) -> dict[str, Any]:
         """Constructor settings for the source (netcdf keeps its historical keys)."""
+        base: dict[str, Any] = {"path": resolve(self.path)}
         if self.kind == "netcdf":
-            base = {"path": resolve(self.path), "pattern": self.pattern, "variable": self.variable,
-                    "units": self.units}
-        else:
-            base = {"path": resolve(self.path)}
+            base |= {"pattern": self.pattern, "variable": self.variable}
+        if self.units is not None:
+            base["units"] = self.units
         return {**base, **self.settings}
 
 
@@ -406,6 +417,27 @@ class ServiceConfig(_Model):
     write_depth: bool = True
 
 
+class LimitsConfig(_Model):
+    """Plausibility limits (``warning.ingest.limits``): a value outside is flagged and
+    excluded before anything reaches the models; a file mostly outside is refused."""
+
+    #: highest plausible rain rate, mm/h (the world's 1-hour record is 305 mm)
+    rain_max_mm_h: float = Field(default=400.0, gt=0)
+    #: rain between this and 0 mm/h is read as 0 (model rounding); lower is flagged
+    rain_min_mm_h: float = Field(default=-0.01, le=0)
+    #: fastest plausible change of river stage between consecutive readings, m/h ...
+    stage_max_rise_m_per_h: float = Field(default=5.0, gt=0)
+    #: ... measured over at least this many minutes
+    stage_rate_min_minutes: float = Field(default=15.0, gt=0)
+    #: a file (or a station's series) with a larger share of values flagged is refused
+    max_flagged_share: float = Field(default=0.5, gt=0, le=1)
+
+    def to_limits(self):
+        from .ingest.limits import Limits
+
+        return Limits(**self.model_dump())
+
+
 class ComputeConfig(_Model):
     """Where terrain preparation and the forecast cycle's models run: in this process
     (``local``) or on Dask (``dask``), either a LocalCluster started for the command or
@@ -447,6 +479,7 @@ class Config(_Model):
     database_url: str | None = None
     service: ServiceConfig = ServiceConfig()
     compute: ComputeConfig = ComputeConfig()
+    limits: LimitsConfig = LimitsConfig()
     demo: DemoConfig | None = None
     #: folder of the config file; relative paths are resolved against it
     base_dir: Path = Path(".")
@@ -509,11 +542,9 @@ def _semantic_problems(cfg: Config) -> list[str]:
     def need_file(key: str, p: Path | None, folder: bool = False) -> None:
         if p is None:
             return
-        full = cfg.path(p)
-        if folder and not full.is_dir():
-            problems.append(f"{key}: folder not found: {full}")
-        elif not folder and not full.is_file():
-            problems.append(f"{key}: file not found: {full}")
+        problem = _path_problem(key, cfg.path(p), folder=folder)
+        if problem:
+            problems.append(problem)
 
     need_file("site.dem", cfg.site.dem)
     need_file("site.curve_number", cfg.site.curve_number)
@@ -525,22 +556,22 @@ def _semantic_problems(cfg: Config) -> list[str]:
     if cfg.sources.gauges is not None and cfg.sources.gauges.path is not None:
         need_file("sources.gauges.path", cfg.sources.gauges.path)
     need_file("subscribers.import_csv", cfg.subscribers.import_csv)
+    for key, folder in (("site.output_dir", cfg.output_dir),
+                        ("compute.store", cfg.path(cfg.compute.store) if cfg.compute.store else None)):
+        problem = _output_folder_problem(key, folder) if folder is not None else None
+        if problem:
+            problems.append(problem)
 
     zone_codes: set[str] = set()
+    zones_read = False  # the zones file was read: a configured zone missing from it is a problem
     zones_file = cfg.path(cfg.site.zones)
-    if zones_file.is_file():
-        try:
-            gj = json.loads(zones_file.read_text())
-            for i, feat in enumerate(gj.get("features", [])):
-                props = feat.get("properties") or {}
-                if "code" not in props or "name" not in props:
-                    problems.append(f"site.zones: feature {i} needs properties 'code' and 'name'")
-                    continue
-                if (feat.get("geometry") or {}).get("type") not in ("Polygon", "MultiPolygon"):
-                    problems.append(f"site.zones: zone {props['code']!r} is not a Polygon or MultiPolygon")
-                zone_codes.add(props["code"])
-        except (json.JSONDecodeError, AttributeError) as exc:
-            problems.append(f"site.zones: not valid GeoJSON: {exc}")
+    if _path_problem("site.zones", zones_file) is None:
+        zf = read_zones(zones_file)
+        zone_codes = zf.codes
+        zones_read = bool(zf.codes) or not zf.problems
+        problems += zf.problems
+        configured = {z.code for z in cfg.zones}
+        problems += _dem_extent_problems(cfg, [z for z in zf.zones if z.code in configured])
 
     level_names = [lv.name for lv in cfg.levels]
     if len(set(level_names)) != len(level_names):
@@ -551,9 +582,9 @@ def _semantic_problems(cfg: Config) -> list[str]:
         if z.code in seen:
             problems.append(f"zones[{i}].code: zone {z.code!r} is configured twice")
         seen.add(z.code)
-        if zone_codes and z.code not in zone_codes:
+        if zones_read and z.code not in zone_codes:
             problems.append(f"zones[{i}].code: {z.code!r} is not in {cfg.site.zones} "
-                            f"(zones there: {', '.join(sorted(zone_codes))})")
+                            f"(zones there: {', '.join(sorted(zone_codes)) or 'none'})")
         if z.gauge is not None and z.gauge not in gauge_ids:
             problems.append(f"zones[{i}].gauge: unknown gauge {z.gauge!r}; configured gauges: "
                             f"{', '.join(sorted(gauge_ids)) or 'none'}")
@@ -659,23 +690,291 @@ def _lumped_problems(cfg: Config) -> list[str]:
     return problems
 
 
+# --------------------------------------------------------------------------- files and folders
+def _path_problem(key: str, full: Path, folder: bool = False) -> str | None:
+    """``key: ...`` when ``full`` is not an existing file (or folder), else None; a name the
+    system refuses (too long, a NUL character) is a problem too, not a crash."""
+    try:
+        if folder and not full.is_dir():
+            return f"{key}: folder not found: {full}"
+        if not folder and not full.is_file():
+            if full.is_dir():
+                return f"{key}: {full} is a folder; give a file"
+            return f"{key}: file not found: {full}"
+    except (OSError, ValueError) as exc:
+        return f"{key}: cannot use {full!r} as a path: {getattr(exc, 'strerror', None) or exc}"
+    return None
+
+
+def _resolved(path: Path) -> Path:
+    """``path`` made absolute and free of ``..``, or as it is when the system refuses it."""
+    try:
+        return path.resolve()
+    except (OSError, ValueError):
+        return path
+
+
+def _output_folder_problem(key: str, folder: Path) -> str | None:
+    """``key: ...`` when floodwarn could not write into ``folder``: it is a file, or it
+    cannot be created because the nearest existing parent is a file."""
+    try:
+        if folder.exists():
+            return None if folder.is_dir() else f"{key}: {folder} is a file; give a folder"
+        parent = next(p for p in folder.parents if p.exists())
+        if not parent.is_dir():
+            return f"{key}: {folder} cannot be created: {parent} is a file; give a folder"
+    except (OSError, ValueError) as exc:
+        return f"{key}: cannot use {folder!r} as a folder: {getattr(exc, 'strerror', None) or exc}"
+    return None
+
+
+def undecodable_at(data: bytes, exc: UnicodeDecodeError) -> str:
+    """Where ``data`` stops being UTF-8, for a message: ``byte 0xe9 at line 3, column 14``
+    (column in bytes), with a hint when the file is UTF-16 (as Excel's "Unicode text")."""
+    start = exc.start
+    line = data.count(b"\n", 0, start) + 1
+    column = start - (data.rfind(b"\n", 0, start) + 1) + 1
+    where = f"byte 0x{data[start]:02x} at line {line}, column {column}"
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        where += "; the file looks like UTF-16"
+    return where
+
+
+# --------------------------------------------------------------------------- the zones file
+#: a zone code names CAP identifiers (no spaces, commas, '<' or '&'), notice files and URLs
+ZONE_CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class ZoneShape:
+    """One zone of the ``site.zones`` GeoJSON, checked.
+
+    ``geometry`` is a valid, non-empty, 2-D shapely Polygon or MultiPolygon in WGS 84
+    longitude/latitude degrees (RFC 7946 order: x = longitude, y = latitude)."""
+
+    code: str
+    name: str
+    geometry: Polygon | MultiPolygon
+
+
+@dataclass(frozen=True)
+class ZonesFile:
+    """What :func:`read_zones` found in a zones file."""
+
+    #: the zones without a problem, in file order
+    zones: list[ZoneShape]
+    #: every zone code the file names, with or without a problem
+    codes: set[str]
+    #: one ``site.zones: ...`` line per problem; empty when the file is good
+    problems: list[str]
+
+
+def read_zones(path: Path) -> ZonesFile:
+    """The zones of a ``site.zones`` GeoJSON file, checked whole; every problem is reported.
+
+    The file must be UTF-8 (a byte-order mark is accepted) JSON holding a
+    FeatureCollection. Each feature needs a unique ``code`` (letters, digits, ``_ . -``;
+    unique whatever the letter case) and a ``name``, and a Polygon or MultiPolygon
+    geometry that is valid (shapely's :func:`~shapely.validation.explain_validity`
+    reason otherwise: self-intersections, rings not closed or of fewer than four
+    positions), not empty, and in WGS 84 longitude/latitude (RFC 7946; a polygon in
+    metres is refused, with the advice to reproject it). Nothing is repaired.
+    """
+    key = "site.zones"
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return ZonesFile([], set(), [f"{key}: cannot read {path}: {exc.strerror or exc}"])
+    try:
+        gj = json.loads(data.decode("utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        return ZonesFile([], set(), [(f"{key}: {path} is not UTF-8 text ({undecodable_at(data, exc)}); "
+                                      f"GeoJSON is UTF-8 (RFC 7946): save it as UTF-8")])
+    except json.JSONDecodeError as exc:
+        return ZonesFile([], set(), [(f"{key}: {path} is not valid JSON: {exc.msg} at line "
+                                      f"{exc.lineno}, column {exc.colno}")])
+    except RecursionError:
+        return ZonesFile([], set(), [f"{key}: {path} is not valid JSON: nested too deeply"])
+    features = gj.get("features") if isinstance(gj, dict) else None
+    if not isinstance(gj, dict) or gj.get("type") != "FeatureCollection" or not isinstance(features, list):
+        return ZonesFile([], set(), [(f"{key}: {path} is not a GeoJSON FeatureCollection (a JSON "
+                                      f"object with \"type\": \"FeatureCollection\" and a \"features\" list)")])
+    zones: list[ZoneShape] = []
+    problems: list[str] = []
+    first: dict[str, tuple[int, str]] = {}  # casefolded code -> (feature index, code)
+    for i, feat in enumerate(features):
+        props = feat.get("properties") if isinstance(feat, dict) else None
+        code = props.get("code") if isinstance(props, dict) else None
+        name = props.get("name") if isinstance(props, dict) else None
+        if not (isinstance(code, str) and code.strip() and isinstance(name, str) and name.strip()):
+            problems.append(f"{key}: feature {i} needs properties 'code' and 'name' (text)")
+            continue
+        if not ZONE_CODE.match(code):
+            problems.append(f"{key}: feature {i}: zone code {code[:80]!r} may hold only letters, digits, "
+                            f"'_', '.' and '-' (starting with a letter or digit, at most 64): it "
+                            f"names the zone's CAP notices, their files and URLs")
+            continue
+        if code.casefold() in first:
+            j, other = first[code.casefold()]
+            same = "the code" if other == code else f"the code of feature {j}, {other!r}, letter case aside"
+            problems.append(f"{key}: zone {code!r} (feature {i}) has {same} of feature {j}; zone codes "
+                            f"must be unique")
+            continue
+        first[code.casefold()] = (i, code)
+        geometry, reasons = _zone_geometry(feat.get("geometry"))
+        problems += [f"{key}: zone {code!r} {why}" for why in reasons]
+        if geometry is not None:
+            zones.append(ZoneShape(code, name, geometry))
+    return ZonesFile(zones, {code for _, code in first.values()}, problems)
+
+
+def _finite_number(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
+def _coordinates_problem(value: Any, depth: int) -> str | None:
+    """Why ``value`` is not a GeoJSON coordinate array nested ``depth`` deep (3: a
+    Polygon's, 4: a MultiPolygon's), or None."""
+    found = json.dumps(value, default=str)[:80]
+    if not isinstance(value, list) or (depth > 1 and any(not isinstance(v, list) for v in value)):
+        return (f"has malformed coordinates near {found}: a Polygon's coordinates are a list of rings, "
+                f"each a list of positions (longitude, latitude), and a MultiPolygon's a list of those")
+    if depth == 1:
+        if len(value) in (2, 3) and all(_finite_number(v) for v in value):
+            return None
+        return f"has a position that is not a longitude, latitude pair of finite numbers: {found}"
+    for item in value:
+        problem = _coordinates_problem(item, depth - 1)
+        if problem:
+            return problem
+    return None
+
+
+def _number(value: float) -> str:
+    return f"{value:.6f}".rstrip("0").rstrip(".")
+
+
+def _zone_geometry(geom: Any) -> tuple[Polygon | MultiPolygon | None, list[str]]:
+    """A zone's checked geometry (2-D, lon/lat) and no reasons, or None and why not (each
+    reason reads after ``zone 'CODE' ``)."""
+    kind = geom.get("type") if isinstance(geom, dict) else None
+    if kind not in ("Polygon", "MultiPolygon"):
+        found = "no geometry" if geom is None else f"a {kind}" if isinstance(kind, str) else "no geometry type"
+        return None, [f"is not a Polygon or MultiPolygon ({found})"]
+    problem = _coordinates_problem(geom.get("coordinates"), 3 if kind == "Polygon" else 4)
+    if problem:
+        return None, [problem]
+    try:
+        shp = shapely.from_geojson(json.dumps({"type": kind, "coordinates": geom["coordinates"]}))
+    except shapely.errors.GEOSException as exc:  # a ring not closed, or of 1 to 3 positions
+        reason = str(exc).split(": ", 1)[-1]
+        return None, [(f"is not a valid polygon: {reason}; fix it in a GIS (e.g. QGIS Fix "
+                       f"geometries): floodwarn does not repair zones")]
+    if shp.is_empty:
+        return None, ["has an empty geometry (no coordinates); give its outline"]
+    shp = shapely.force_2d(shp)
+    reasons = []
+    xy = shapely.get_coordinates(shp)
+    outside = (np.abs(xy[:, 0]) > 180.0) | (np.abs(xy[:, 1]) > 90.0)
+    if outside.any():
+        x, y = xy[int(np.argmax(outside))]
+        reasons.append(f"has coordinates outside WGS 84 longitude/latitude (x={_number(x)}, "
+                       f"y={_number(y)}); GeoJSON zones must be lon/lat (RFC 7946); reproject them")
+    if not shp.is_valid:
+        reasons.append(f"is not a valid polygon: {explain_validity(shp)}; fix it in a GIS (e.g. QGIS "
+                       f"Fix geometries): floodwarn does not repair zones")
+    return (None if reasons else shp), reasons
+
+
+def zone_extent_problems(zones: list[ZoneShape], crs: Any, bounds: tuple[float, float, float, float]
+                         ) -> tuple[list[str], dict[str, float]]:
+    """Zones against a grid's extent: a problem for each zone wholly outside it, and the
+    share of its area outside (0-1) for each zone partly outside.
+
+    Parameters
+    ----------
+    zones : list of ZoneShape
+        Checked zones (:func:`read_zones`), lon/lat.
+    crs : rasterio CRS or str
+        The grid's CRS; the zones are projected to it to compare areas.
+    bounds : (west, south, east, north)
+        The grid's outer edges in ``crs``.
+    """
+    box = shapely.box(*bounds)
+    problems: list[str] = []
+    partly: dict[str, float] = {}
+    for z in zones:
+        try:
+            projected = shape(transform_geom("EPSG:4326", crs, mapping(z.geometry)))
+            share = 1.0 - projected.intersection(box).area / projected.area
+        except Exception as exc:  # noqa: BLE001  (GDAL's errors, rasterio._err.CPLE_*, have no public base)
+            problems.append(f"site.zones: zone {z.code!r} cannot be projected to the DEM's CRS ({crs}): {exc}")
+            continue
+        if not math.isfinite(share):
+            problems.append(f"site.zones: zone {z.code!r} cannot be projected to the DEM's CRS ({crs})")
+        elif share > 1.0 - 1e-9:
+            problems.append(f"site.zones: zone {z.code!r} lies wholly outside the DEM (site.dem); check "
+                            f"that the zones and the DEM are of the same place")
+        elif share > 1e-6:
+            partly[z.code] = share
+    return problems, partly
+
+
+def _dem_extent_problems(cfg: Config, zones: list[ZoneShape]) -> list[str]:
+    """The configured zones against the DEM's extent (read from its header); the DEM's own
+    cells (nodata, channels) are checked when the site loads. A zone partly outside the
+    DEM is accepted: check-config has no channel for warnings, and ``Site.load`` logs the
+    share outside."""
+    if not cfg.has_grid or not zones or _path_problem("site.dem", cfg.path(cfg.site.dem)):
+        return []
+    dem = cfg.path(cfg.site.dem)
+    try:
+        with rasterio.open(dem) as src:
+            crs, bounds = src.crs, tuple(src.bounds)
+    except RasterioError as exc:
+        return [f"site.dem: cannot read {dem} as a grid: {exc}"]
+    if crs is None:
+        return [f"site.dem: {dem} has no CRS; the DEM must be in a projected CRS with metre cells"]
+    return zone_extent_problems(zones, crs, bounds)[0]
+
+
 def _raw_file_problems(raw: dict[str, Any], base: Path) -> list[str]:
     """Missing files, found from the raw TOML when the schema check already failed, so
     they are reported in the same round as the schema problems."""
     out = []
     for section, key in (("site", "dem"), ("site", "curve_number"), ("site", "zones")):
-        value = (raw.get(section) or {}).get(key)
-        if isinstance(value, str) and not (base / value).exists():
-            out.append(f"{section}.{key}: file not found: {(base / value).resolve()}")
+        value = (raw.get(section) or {}).get(key) if isinstance(raw.get(section), dict) else None
+        if isinstance(value, str):
+            problem = _path_problem(f"{section}.{key}", _resolved(base / value))
+            if problem:
+                out.append(problem)
     return out
 
 
 def read_toml(path: Path, what: str) -> dict[str, Any]:
-    """A TOML file's contents, or a ConfigError saying what is wrong with it."""
+    """A TOML file's contents, or a ConfigError naming the file and what is wrong with it:
+    missing, a folder, unreadable, not UTF-8 (the byte and line), not TOML. A UTF-8
+    byte-order mark is accepted."""
     try:
-        return tomllib.loads(path.read_text())
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{what} not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{what} {path} is a folder; give the TOML file itself") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the {what} {path!r}: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text ({undecodable_at(data, exc)}); TOML files are UTF-8: save "
+                          f"it as UTF-8", source=str(path)) from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}", source=str(path)) from None
 
@@ -695,13 +994,16 @@ def load_config(path: str | Path) -> Config:
     """Read, validate and return the configuration at ``path``; ConfigError lists every problem."""
     path = Path(path)
     raw = read_toml(path, "config file")
+    # base_dir is set here, never by the file: a base_dir key there would be silently replaced
+    own = ["base_dir: unknown key (relative paths are relative to the config file's folder)"] \
+        if "base_dir" in raw else []
     raw["base_dir"] = path.resolve().parent
     try:
         cfg = Config.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(validation_problems(exc) + _raw_file_problems(raw, raw["base_dir"]),
+        raise ConfigError(own + validation_problems(exc) + _raw_file_problems(raw, raw["base_dir"]),
                           source=str(path)) from None
-    problems = _semantic_problems(cfg)
+    problems = own + _semantic_problems(cfg)
     if problems:
         raise ConfigError(problems, source=str(path))
     return cfg

@@ -66,7 +66,8 @@ def verify_operator(store: Store, name: str, password: str) -> str:
     return row.role
 
 
-OPERATOR_EVENTS = ("data_problem", "zone_failed", "cycle_failed", "delivery_in_doubt")
+OPERATOR_EVENTS = ("data_problem", "data_problem_cleared", "zone_failed", "cycle_failed",
+                   "delivery_in_doubt")
 """Audit events shown to operators as problems on the console's overview."""
 
 
@@ -292,10 +293,7 @@ def _feed_health(cfg: Config, service: Any) -> list[dict[str, str]]:
     if service is not None and service.state.feeds:
         out = [{"source": name, "latest": f"{f.last_data:%Y-%m-%d %H:%M}Z" if f.last_data else "none",
                 "state": f.state} for name, f in service.state.feeds.items()]
-        st = service.state
-        out.append({"source": "forecast cycle", "latest": f"{st.last_cycle_at:%Y-%m-%d %H:%M}Z"
-                    if st.last_cycle_at else "none yet", "state": st.last_error or "ok"})
-        return out
+        return out + _service_rows(service)
     out = []
     if cfg.sources.forecast is not None:  # a gauge site has none
         fc = cfg.path(cfg.sources.forecast.path)
@@ -309,10 +307,19 @@ def _feed_health(cfg: Config, service: Any) -> list[dict[str, str]]:
                     datetime.fromtimestamp(gp.stat().st_mtime, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
                     if gp.exists() else "missing", "state": "ok" if gp.exists() else "no data"})
     if service is not None:
-        st = service.state
-        out.append({"source": "forecast cycle", "latest": f"{st.last_cycle_at:%Y-%m-%d %H:%M}Z"
-                    if st.last_cycle_at else "none yet", "state": st.last_error or "ok"})
+        out += _service_rows(service)
     return out
+
+
+def _service_rows(service: Any) -> list[dict[str, str]]:
+    """The forecast cycle's state and every open data problem, for the feeds table."""
+    st = service.state
+    cycle = st.problems.get("cycle")
+    rows = [{"source": "forecast cycle", "latest": f"{st.last_cycle_at:%Y-%m-%d %H:%M}Z"
+             if st.last_cycle_at else "none yet", "state": cycle.text if cycle else "ok"}]
+    rows += [{"source": "data problem", "latest": f"since {p.since:%Y-%m-%d %H:%M}Z", "state": p.text}
+             for key, p in st.problems.items() if key != "cycle"]
+    return rows
 
 
 def _map_png(cfg: Config, store: Store, site: Any, by_rank: dict, scope: str = "live") -> bytes:

@@ -85,7 +85,7 @@ def readings_until(ds: xr.Dataset, at: datetime, spike_limit_m: float = 0.5) -> 
     qc = sub["qc"].values
     stage = sub["stage"].values
     for s in range(qc.shape[0]):
-        qc[s] &= np.uint8(~QC_SPIKE & 0xFF)
+        qc[s] &= np.invert(qc.dtype.type(QC_SPIKE))
         qc[s] |= spike_flags(stage[s], qc[s], spike_limit_m)
     sub["qc"] = (sub["qc"].dims, qc, sub["qc"].attrs)
     return sub
@@ -273,7 +273,10 @@ def gauge_metrics(site: Site, cfg: Config, inputs: Inputs, at: datetime) -> Gaug
     """
     if inputs.gauges is None:
         raise IngestError("a gauge site needs a gauge source ([sources.gauges])")
-    full = inputs.read_gauges()
+    problems: list[str] = []
+    full = inputs.gauges_or_last_good(problems)
+    if full is None:
+        raise IngestError(f"no gauge readings: {problems[-1]}")
     ds = readings_until(full, at, getattr(inputs.gauges, "spike_limit_m", 0.5))
     origin = str(full.attrs.get("source_file") or getattr(inputs.gauges, "path", "") or inputs.gauges.kind)
     data_file = origin.rsplit("/", 1)[-1]
@@ -283,7 +286,6 @@ def gauge_metrics(site: Site, cfg: Config, inputs: Inputs, at: datetime) -> Gaug
     zcfg = {z.code: z for z in cfg.zones}
     metrics: dict[str, dict[str, float]] = {}
     details: dict[str, dict[str, Any]] = {}
-    problems: list[str] = []
     newest: datetime | None = None
     rain_summary: dict[str, Any] | None = None
     forecasts = 0
@@ -356,6 +358,7 @@ def gauge_metrics(site: Site, cfg: Config, inputs: Inputs, at: datetime) -> Gaug
                   "rain observed up to the cycle time, no rain after it (no rain forecast)")
     else:
         models = "gauge readings only (observed stage, rate of rise and discharge; no model)"
+    problems = list(dict.fromkeys(problems))  # zones sharing a gauge: each problem said once
     return GaugeMetrics(metrics, details, problems, newest, data_file, sources, models, rain_summary)
 
 
@@ -397,7 +400,8 @@ def run_gauge_cycle(site: Site, cfg: Config, store: Store, inputs: Inputs, at: d
         timings["alerts"] = time.perf_counter() - t1
         finish_run(store, run_id, "done", {
             "metrics": _jsonable(g.metrics), "details": _json_safe(g.details), "problems": g.problems,
-            "timings": timings, "decisions": stage.decisions, "failed_zones": stage.failed, "rain": g.rain})
+            "timings": timings, "decisions": stage.decisions, "failed_zones": stage.failed, "rain": g.rain,
+            "run_info": run_info})
     return CycleResult(run_id=run_id, at=at, forecast_issued=g.data_time, forecast_file=g.data_file,
                        metrics=g.metrics, decisions=stage.decisions, notices=stage.notices,
                        messages_queued=stage.queued, messages_sent=sent, problems=g.problems, timings=timings,

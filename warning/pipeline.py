@@ -26,6 +26,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -84,11 +85,16 @@ class Inputs:
 
     def __init__(self, cfg: Config):
         fc = cfg.sources.forecast
-        self.forecast = get_source(fc.kind, **fc.source_settings(cfg.path)) if fc is not None else None
+        limits = cfg.limits.to_limits()
+        self.forecast = (get_source(fc.kind, limits=limits, **fc.source_settings(cfg.path))
+                         if fc is not None else None)
         gs = cfg.sources.gauges
-        self.gauges = get_source(gs.kind, **gs.source_settings(cfg.path)) if gs is not None else None
+        self.gauges = (get_source(gs.kind, limits=limits, **gs.source_settings(cfg.path))
+                       if gs is not None else None)
         self.valid_ranges = {g.id: g.valid_range_m for g in cfg.gauges}
         self._cache: dict[tuple[str, float, bool], Any] = {}
+        self._steps: dict[tuple, tuple[np.ndarray, float, list[str]]] = {}
+        self.last_gauges = None
 
     #: reprojected issues kept: all members of the newest few, the control member of more
     #: (the best-estimate past rain reads only that); bounds a long-running service's memory
@@ -113,8 +119,71 @@ class Inputs:
             self._cache[key] = self._cache.pop(key)
         return self._cache[key]
 
+    #: model steps of frame sources kept (a day of 30-min steps and some)
+    KEEP_STEPS = 96
+
+    def frame_step_mean(self, frames: list[ForecastIssue], site: Site,
+                        spans: dict[Path, tuple[np.datetime64, np.datetime64]],
+                        problems: list[str]) -> tuple[np.ndarray, float]:
+        """The mean rain rate (y, x) mm/h over the frames of one model step, and the
+        seconds they cover; unreadable frames are left out with a problem line. Cached by
+        the frames' files and times, so a service reads each frame once."""
+        key = tuple((str(f.path), f.path.stat().st_mtime_ns) for f in frames)
+        hit = self._steps.get(key)
+        if hit is None:
+            acc = np.zeros((site.ny, site.nx), dtype=np.float64)
+            covered = 0.0
+            notes: list[str] = []
+            for f in frames:
+                try:
+                    da = self.forecast.load(f, site)
+                except IngestError as exc:
+                    notes.append(f"rain frame unusable, left out: {exc}")
+                    continue
+                b, e = spans[f.path]
+                secs = (e - b) / np.timedelta64(1, "s")
+                acc += da.values[0, 0].astype(np.float64) * secs
+                covered += secs
+                notes += da.attrs.get("problems", [])
+            mean = (acc / covered).astype(np.float32) if covered else acc.astype(np.float32)
+            hit = (mean, covered, notes)
+            if len(self._steps) >= self.KEEP_STEPS:
+                self._steps.pop(next(iter(self._steps)))
+            self._steps[key] = hit
+        problems += [n for n in hit[2] if n not in problems]
+        return hit[0], hit[1]
+
     def read_gauges(self):
-        return self.gauges.read(self.valid_ranges) if self.gauges is not None else None
+        """The gauge readings (None without a gauge source); raises IngestError."""
+        if self.gauges is None:
+            return None
+        ds = self.gauges.read(self.valid_ranges)
+        self.last_gauges = ds
+        return ds
+
+    def gauges_or_last_good(self, problems: list[str]):
+        """The gauge readings, or when the source fails the last good ones (with a problem
+        line saying so): a broken gauge feed must not stop a rain-driven cycle."""
+        try:
+            ds = self.read_gauges()
+        except IngestError as exc:
+            last = self.last_gauges
+            problems.append(f"gauge readings unusable ({exc}); "
+                            + ("the last good readings stand" if last is not None else
+                               "no gauge readings this cycle"))
+            return last
+        if ds is not None:
+            problems += [p for p in ds.attrs.get("problems", []) if p not in problems]
+        return ds
+
+    def describe_gauges(self) -> str:
+        """The gauge file's name or the feed's address, for the run's data sources."""
+        src = self.gauges
+        where = getattr(src, "path", None)
+        if where is None and getattr(src, "fetcher", None) is not None:
+            where = src.fetcher.location
+        return Path(str(where)).name if where is not None and not str(where).startswith("http") \
+            else str(where or src.kind)
 
 
 # ----------------------------------------------------------------------------- rain
@@ -126,6 +195,8 @@ def assemble_rain(inputs: Inputs, site: Site, cfg: Config, at: datetime
     ``at``: the best estimate, i.e. for each hour the control member of the newest issue
     that was out by then (shortest lead time). Nothing issued after ``at`` is used.
     """
+    if is_frame_source(inputs.forecast):
+        return assemble_frames(inputs, site, cfg, at)
     issues = [i for i in inputs.forecast.issues() if i.issued <= at]
     problems = [f"forecast file skipped: {p}" for p in inputs.forecast.skipped]
     if not issues:
@@ -140,6 +211,7 @@ def assemble_rain(inputs: Inputs, site: Site, cfg: Config, at: datetime
     else:
         raise IngestError(f"no readable rainfall forecast issued at or before "
                           f"{at:%Y-%m-%d %H:%M}Z: " + "; ".join(problems))
+    problems += [p for p in fc.attrs.get("problems", []) if p not in problems]
     step = np.timedelta64(1, "h")
     fc_times = fc["time"].values
     if fc_times.size > 1:
@@ -180,6 +252,100 @@ def assemble_rain(inputs: Inputs, site: Site, cfg: Config, at: datetime
         problems.append(f"no rain estimate for {missing} of the {now_index} spin-up steps "
                         f"(no forecast covers them); they count as dry")
     return rain, times, now_index, current, problems
+
+
+def is_frame_source(src: Any) -> bool:
+    """A source of one rain frame per file (radar, GeoTIFF sequence, GRIB), which tells
+    each frame's interval (``span``), rather than of whole forecast issues (NetCDF)."""
+    return callable(getattr(src, "span", None))
+
+
+def frame_step(interval: np.timedelta64, cfg: Config) -> np.timedelta64:
+    """The model step for frames of length ``interval``: the smallest whole number of
+    frames that is at least the routing step (5-min radar frames with a 30-min routing
+    step run in 30-min steps: the routing would not see finer rain anyway)."""
+    routing = np.timedelta64(int(cfg.model.routing_dt_minutes * 60), "s")
+    k = max(1, int(np.ceil(routing / interval - 1e-9)))
+    return (interval * k).astype("timedelta64[ns]")
+
+
+def assemble_frames(inputs: Inputs, site: Site, cfg: Config, at: datetime
+                    ) -> tuple[np.ndarray, np.ndarray, int, ForecastIssue, list[str]]:
+    """``assemble_rain`` for a frame source: rain (1, time, y, x) mm/h over
+    [at - spin-up, at + horizon) in steps of whole frames (``frame_step``).
+
+    Every frame out by ``at`` (a radar frame is out at the end of its interval, a
+    forecast frame at its issue time) counts; where frames of several issues cover the
+    same interval, the newest issue's is used. A step's rain is the mean rate over the
+    frames in it; a step with some of its frames missing takes the mean of those it has
+    (and says so), a step with none is dry (and says so). After the last frame there is
+    no rain: a radar or other observed-rain source has no forecast, and the cycle's
+    forecast is then the response of the catchment to the rain that has fallen.
+    """
+    src = inputs.forecast
+    catalogue = src.issues()
+    problems = [f"rain frame skipped: {p}" for p in src.skipped]
+    issues = [i for i in catalogue if i.issued <= at]
+    if not issues:
+        raise IngestError(f"no rain frame available at or before {at:%Y-%m-%d %H:%M}Z in {src.path}")
+    at64 = np.datetime64(at.replace(tzinfo=None), "ns")
+    spans: dict[Path, tuple[np.datetime64, np.datetime64]] = {}
+    for issue in issues:
+        start, end = src.span(issue)
+        spans[issue.path] = (np.datetime64(start.replace(tzinfo=None), "ns"),
+                             np.datetime64(end.replace(tzinfo=None), "ns"))
+    lengths = np.array([e - b for b, e in spans.values()])
+    interval = np.median(lengths).astype("timedelta64[ns]")
+    step = frame_step(interval, cfg)
+    start = at64 - np.timedelta64(int(cfg.model.spinup_hours * 3600), "s")
+    start = start - (start - np.datetime64("1970-01-01T00:00", "ns")) % step
+    end = at64 + np.timedelta64(int(cfg.model.horizon_hours * 3600), "s")
+    times = np.arange(start, end, step)
+    now_index = int(np.searchsorted(times, at64))
+    # per interval start, the newest issue's frame
+    chosen: dict[np.datetime64, ForecastIssue] = {}
+    for issue in issues:  # oldest first: a newer issue replaces an older one
+        b, e = spans[issue.path]
+        if e > start and b < end:
+            chosen[b] = issue
+    rain = np.zeros((1, times.size, site.ny, site.nx), dtype=np.float32)
+    partial = empty = 0
+    last_end = max(spans[i.path][1] for i in issues)
+    for k, t in enumerate(times):
+        inside = [chosen[b] for b in sorted(chosen) if t <= b < t + step]
+        if not inside:
+            empty += t < max(at64, last_end)
+            continue
+        acc, covered = inputs.frame_step_mean(inside, site, spans, problems)
+        if covered <= 0:
+            empty += 1
+            continue
+        rain[0, k] = acc
+        partial += covered < (step / np.timedelta64(1, "s")) - 1e-6
+    if partial:
+        problems.append(f"rain frames missing in {partial} of the {times.size} model steps; those "
+                        f"steps take the mean rate of the frames they have")
+    if empty:
+        problems.append(f"no rain frame for {empty} of the model steps up to the last frame; they "
+                        f"count as dry")
+    current = max(issues, key=lambda i: (i.issued, spans[i.path][1]))
+    age = (at64 - last_end) / np.timedelta64(1, "m")
+    if age > 2 * interval / np.timedelta64(1, "m") and age > 30:
+        problems.append(f"the newest rain frame ({current.path.name}) ends {age:.0f} min before the "
+                        f"cycle time; rain since then is unknown and counts as dry")
+    return rain, times, now_index, current, problems
+
+
+def rain_source_text(inputs: Inputs, issue: ForecastIssue, members: int, at: datetime) -> str:
+    """The rain behind a cycle, in words, for the run's data sources (and every notice)."""
+    src = inputs.forecast
+    if not is_frame_source(src):
+        return f"rainfall forecast {issue.path.name} ({members} member{'s' if members > 1 else ''})"
+    _, end = src.span(issue)
+    text = f"{src.kind} rain frames up to {issue.path.name}"
+    if end <= at:
+        text += f" (observed rain; none is forecast after {end:%Y-%m-%d %H:%M}Z)"
+    return text
 
 
 # ----------------------------------------------------------------------------- models
@@ -446,7 +612,7 @@ def observed_stage(gauges, gid: str, at: datetime, stale: float, vals: dict[str,
     """The zone's observed stage metrics from its gauge (latest good reading up to ``at``
     and its rise over the hour), into ``vals`` and ``det``; returns the reading's time."""
     obs, rise, when, problem = latest_good(gauges, gid, at, stale)
-    if problem:
+    if problem and problem not in problems:  # zones sharing a gauge: said once
         problems.append(problem)
     vals["observed_stage_m"] = obs
     vals["observed_rise_m_per_h"] = rise
@@ -478,12 +644,12 @@ def run_cycle(site: Site, cfg: Config, store: Store, inputs: Inputs, at: datetim
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     rain, times, now_index, issue, problems = assemble_rain(inputs, site, cfg, at)
-    gauges = inputs.read_gauges()
+    gauges = inputs.gauges_or_last_good(problems)
     timings["ingest"] = time.perf_counter() - t0
     with recorded_run(store, run_id, at=at, scope=scope, forecast_issued=issue.issued,
                       forecast_file=issue.path.name):
         t1 = time.perf_counter()
-        site_rain = np.median(rain[:, :, site.valid].mean(axis=2), axis=0)  # (time,) mm/h, for the console
+        site_rain = np.median(rain[:, :, site.valid].mean(axis=2, dtype=np.float64), axis=0)  # (time,) mm/h, for the console
         if client is not None or cfg.compute.engine == "dask":
             from .national.cycle import simulate_on_dask  # Dask is imported only when used
 
@@ -495,10 +661,9 @@ def run_cycle(site: Site, cfg: Config, store: Store, inputs: Inputs, at: datetim
         metrics, details, more = zone_metrics(site, cfg, sim, gauges, at)
         problems += more
         t2 = time.perf_counter()
-        sources = [f"rainfall forecast {issue.path.name} ({sim.members} member"
-                   f"{'s' if sim.members > 1 else ''})"]
+        sources = [rain_source_text(inputs, issue, sim.members, at)]
         if inputs.gauges is not None:
-            sources.append(f"gauge readings {inputs.gauges.path.name} up to {at:%H:%M}Z")
+            sources.append(f"gauge readings {inputs.describe_gauges()} up to {at:%H:%M}Z")
         run_info = {
             "model_run": run_id,
             "forecast_issued": issue.issued.isoformat(timespec="minutes"),
@@ -519,8 +684,9 @@ def run_cycle(site: Site, cfg: Config, store: Store, inputs: Inputs, at: datetim
         finish_run(store, run_id, "done", {
             "metrics": _jsonable(metrics), "details": _json_safe(details), "problems": problems,
             "timings": timings, "decisions": stage.decisions, "failed_zones": stage.failed,
+            "run_info": run_info,
             "rain": {"times": [_dt(x).isoformat() for x in times],
-                     "site_mean_mm_h": np.round(site_rain, 3).tolist(), "now_index": now_index}})
+                     "site_mean_mm_h": np.round(site_rain, 4).tolist(), "now_index": now_index}})
     return CycleResult(run_id=run_id, at=at, forecast_issued=issue.issued,
                        forecast_file=issue.path.name, metrics=metrics, decisions=stage.decisions,
                        notices=stage.notices, messages_queued=stage.queued, messages_sent=sent,

@@ -77,6 +77,15 @@ class FeedState:
 
 
 @dataclass
+class OpenProblem:
+    """A data problem the operators were told about and that has not cleared yet."""
+
+    key: str  # what it is about: "feed:gauges:stale", "file:<path>", "cycle", ...
+    text: str
+    since: datetime  # on the service's clock
+
+
+@dataclass
 class ServiceState:
     cycles: list[CycleRecord] = field(default_factory=list)
     refused_overlaps: int = 0
@@ -92,6 +101,10 @@ class ServiceState:
     new_data: str | None = None
     #: data time of the gauges when the last cycle ran
     cycled_gauges: datetime | None = None
+    #: data problems open now, by key; each was told once, and is told again when it clears
+    problems: dict[str, OpenProblem] = field(default_factory=dict)
+    #: after a failed cycle: when to try again (new data make it due sooner)
+    retry_at: datetime | None = None
 
 
 class Service:
@@ -193,34 +206,75 @@ class Service:
                     if got is not None:
                         log.info("new forecast file from %s: %s", self.mirror.url, got.name)
                 issue = self.inputs.forecast.latest_before(now)
+                self._file_problems(now, issue)
                 feed.last_data = issue.issued if issue else None
                 feed.state = "ok" if issue else f"no forecast issued by {now:%Y-%m-%d %H:%M}Z"
                 if issue is not None and str(issue.path) != self.state.last_forecast:
                     self.state.new_data = f"new forecast {issue.path.name}"
+                self._clear_problem(now, "feed:forecast", "the rainfall forecast source reads again")
                 return feed
             ds = self.inputs.read_gauges()
+            self._clear_problem(now, "feed:gauges", "the gauge feed reads again")
             # a gauge that measures discharge only (Hupsel) is fresh by its discharge
             newest = (newest_good_time(ds, now, quantities=None if not self.cfg.has_grid else ["stage"])
                       if ds is not None else None)
             stale = timedelta(minutes=self.cfg.sources.gauges.stale_after_minutes)
-            was_stale = feed.state.startswith("stale")
             feed.last_data = newest
             if newest is None or now - newest > stale:
                 feed.state = (f"stale: no good reading since "
                               f"{newest:%Y-%m-%d %H:%M}Z" if newest else "stale: no good reading yet")
-                if not was_stale:
-                    self._data_problem(now, f"gauge feed late: {feed.state.removeprefix('stale: ')} "
-                                            f"(tolerance {stale.total_seconds() / 60:.0f} min)")
+                self._open_problem(now, "feed:gauges:stale",
+                                   f"gauge feed late: {feed.state.removeprefix('stale: ')} "
+                                   f"(tolerance {stale.total_seconds() / 60:.0f} min)")
             else:
                 feed.state = "ok"
+                self._clear_problem(now, "feed:gauges:stale",
+                                    f"gauge readings are current again (newest {newest:%Y-%m-%d %H:%M}Z)")
                 if self.state.cycled_gauges is None or newest > self.state.cycled_gauges + timedelta(minutes=
                                                                            self.cfg.service.gauge_new_data_minutes):
                     self.state.new_data = self.state.new_data or f"new gauge readings up to {newest:%H:%M}Z"
-        except USER_ERRORS as exc:
-            if not feed.state.startswith("error"):
-                self._data_problem(now, f"{source} feed failed, the last good data stand: {exc}")
+        except Exception as exc:  # bad data or a fault: told once, the last good data stand
+            if not isinstance(exc, USER_ERRORS):
+                log.error("ingest of %s failed unexpectedly", source, exc_info=True)
+                exc = RuntimeError(f"{type(exc).__name__}: {exc}")
+            self._open_problem(now, f"feed:{source}",
+                               f"{source} feed failed, the last good data stand: {exc}")
             feed.state = f"error: {exc}"
         return feed
+
+    def _file_problems(self, now: datetime, newest) -> None:
+        """Forecast files that cannot be used, each told once (and again when it is fixed or
+        gone): files the source skips, and the newest issue when it fails to load."""
+        src = self.inputs.forecast
+        bad = {f"file:{p}": f"forecast file refused: {p}" for p in src.skipped}
+        if newest is not None:
+            try:  # the cycle would read it anyway; the read is cached for it
+                if callable(getattr(src, "span", None)):
+                    src.load(newest, self.site)
+                else:
+                    self.inputs.load_forecast(newest, self.site)
+            except USER_ERRORS as exc:
+                bad[f"file:{newest.path}"] = (f"newest forecast file refused, the cycle uses the one "
+                                              f"before it: {exc}")
+        for key, text in bad.items():
+            self._open_problem(now, key, text)
+        for key in [k for k in self.state.problems if k.startswith("file:") and k not in bad]:
+            self._clear_problem(now, key, "the forecast file is readable again or was removed: "
+                                          + self.state.problems[key].text.split(": ", 1)[-1][:200])
+
+    def _open_problem(self, at: datetime, key: str, text: str, event: str = "data_problem") -> None:
+        """A data problem: told once (log, console, operators' phones) until it clears."""
+        if key in self.state.problems:
+            return
+        self.state.problems[key] = OpenProblem(key, text, at)
+        self._data_problem(at, text, event)
+
+    def _clear_problem(self, at: datetime, key: str, text: str) -> None:
+        """The problem ``key`` is over: say so once, if it was open."""
+        p = self.state.problems.pop(key, None)
+        if p is not None:
+            self._data_problem(at, f"cleared: {text} (problem since {p.since:%Y-%m-%d %H:%M}Z: "
+                                   f"{p.text[:160]})", event="data_problem_cleared")
 
     def _data_problem(self, at: datetime, problem: str, event: str = "data_problem") -> None:
         """Tell the operators: the log, the console (audit), and SMS to the roster if any."""
@@ -243,6 +297,10 @@ class Service:
                 return True, f"new forecast {issue.path.name}"
         if self.state.new_data:
             return True, self.state.new_data
+        if self.state.retry_at is not None:
+            if now < self.state.retry_at:
+                return False, f"the last cycle failed; retrying at {self.state.retry_at:%H:%M}Z"
+            return True, "retrying the failed cycle"
         gap = timedelta(minutes=self.cfg.service.cycle_every_minutes)
         if self.state.last_cycle_at is None or now - self.state.last_cycle_at >= gap:
             return True, f"no cycle for {self.cfg.service.cycle_every_minutes:g} min"
@@ -349,8 +407,17 @@ class Service:
             rec = CycleRecord(at, utcnow(), time.perf_counter() - t0, False, str(exc))
             self.state.last_error = f"{at:%Y-%m-%d %H:%M}Z: {exc}"
             log.error("cycle at %s failed, keeping the last good results: %s", at, exc)
-            self._data_problem(at, f"cycle failed, the last good results stand: {exc}")
+            self._open_problem(at, "cycle", f"cycle failed, the last good results stand: {exc}",
+                               event="cycle_failed")
+            # due again on new data, or to retry after a while: not on every poll
+            self.state.retry_at = at + timedelta(minutes=min(10.0, self.cfg.service.cycle_every_minutes))
+            self.state.new_data = None
+            if self.inputs.forecast is not None:
+                latest = self.inputs.forecast.latest_before(at)
+                self.state.last_forecast = str(latest.path) if latest else self.state.last_forecast
         else:
+            self.state.retry_at = None
+            self._clear_problem(at, "cycle", f"the cycle at {at:%Y-%m-%d %H:%M}Z ran")
             if self.inputs.forecast is not None:
                 self.state.last_forecast = str(self.inputs.forecast.latest_before(at).path)
             self.state.last_cycle_at = at
@@ -449,3 +516,5 @@ def run_job(name: str) -> None:
         svc.job(name)
     except USER_ERRORS as exc:
         log.error("job %s failed: %s", name, exc)
+    except Exception:  # a fault: logged once with its traceback; the scheduler goes on
+        log.exception("job %s failed unexpectedly", name)

@@ -9,6 +9,11 @@ disk as NetCDF, keyed by the DEM's content and the terrain parameters.
 A gauge site (no ``site.dem`` in its config) has no grid: ``Site.load`` gives a site with
 ``has_grid`` False, its zones (polygons for the CAP areas, no cell mask) and no terrain;
 its cycles run from the gauges (``warning.gauge_cycle``).
+
+Zones are read and checked by :func:`warning.config.read_zones` (the rule
+``floodwarn check-config`` applies too) before any terrain work: a zone file that is not
+UTF-8 JSON, a zone in metres instead of lon/lat, an invalid polygon, a duplicate code or
+a zone outside the DEM is a ``ConfigError`` naming the zone, never a GDAL error later.
 """
 
 from __future__ import annotations
@@ -25,12 +30,14 @@ import xarray as xr
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.features import rasterize
+from rasterio.transform import array_bounds
 from rasterio.warp import transform as warp_transform
 from rasterio.warp import transform_geom
+from shapely.geometry import MultiPolygon, Polygon, mapping
 
 from models import inundation, terrain
 
-from .config import Config
+from .config import Config, ZoneShape, read_zones, zone_extent_problems
 from .errors import ConfigError, IngestError
 
 log = logging.getLogger(__name__)
@@ -44,7 +51,8 @@ RATING_STAGES = (np.linspace(0.0, 1.0, 41) ** 2 * 12.0).astype(np.float64)
 class Zone:
     code: str
     name: str
-    polygons: list[list[tuple[float, float]]]  # (lat, lon) rings, for CAP
+    #: the CAP polygons (:func:`cap_polygons`): one closed (lat, lon) ring per outer ring
+    polygons: list[list[tuple[float, float]]]
     mask: np.ndarray | None  # (y, x) bool: land cells of the zone (channel cells excluded); None on a gauge site
 
 
@@ -110,7 +118,7 @@ class Site:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def load(cls, cfg: Config, *, client=None, progress=None, force: bool = False) -> "Site":
+    def load(cls, cfg: Config, *, client=None, progress=None, force: bool = False) -> Site:
         """The site of ``cfg``, its terrain prepared (from the cache when there is one).
 
         The terrain is needed to place zones and gauges; ``client``, ``progress`` and
@@ -119,6 +127,7 @@ class Site:
         """
         if not cfg.has_grid:
             return GaugeOnlySite(cfg)
+        zones = site_zone_shapes(cfg)  # checked before the terrain work, which can take long
         dem_path = cfg.path(cfg.site.dem)
         dem, profile = _read_grid(dem_path, "DEM")
         if profile["crs"] is None or not profile["crs"].is_projected:
@@ -143,22 +152,33 @@ class Site:
         else:
             cn = np.full(dem.shape, cfg.site.curve_number_constant, dtype=np.float32)
         site = cls(cfg, dem, profile, cn)
+        site._check_zone_extent(zones)
         site._terrain = site.prepare(force=force, client=client, progress=progress)
-        site._load_zones()
+        site._load_zones(zones)
         return site
 
-    def _load_zones(self) -> None:
+    def _check_zone_extent(self, zones: list[ZoneShape]) -> None:
+        """ConfigError for zones wholly outside the grid; a warning for those partly outside."""
+        bounds = array_bounds(self.ny, self.nx, self.transform)
+        problems, partly = zone_extent_problems(zones, self.crs, bounds)
+        if problems:
+            raise ConfigError(problems, source=str(self.cfg.path(self.cfg.site.zones)))
+        for code, share in partly.items():
+            log.warning("zone %s: %.0f%% of its area is outside the DEM; only the part inside is "
+                        "modelled, but its CAP notices cover the whole zone", code, 100 * share)
+
+    def _load_zones(self, zones: list[ZoneShape]) -> None:
         drainage = self.terrain.drainage
-        for feat, polygons in _zone_features(self.cfg):
-            props, geom = feat["properties"], feat["geometry"]
-            site_geom = transform_geom("EPSG:4326", self.crs, geom)
+        for z in zones:
+            site_geom = transform_geom("EPSG:4326", self.crs, mapping(z.geometry))
             mask = rasterize([(site_geom, 1)], out_shape=(self.ny, self.nx),
                              transform=self.transform, fill=0, dtype="uint8").astype(bool)
             mask &= self.valid & ~drainage
             if not mask.any():
-                raise ConfigError(f"site.zones: zone {props['code']!r} covers no land cell of the "
-                                  f"site grid; is it outside the DEM?")
-            self.zones.append(Zone(props["code"], props["name"], polygons, mask))
+                raise ConfigError(f"site.zones: zone {z.code!r} covers no land cell of the site grid "
+                                  f"(only nodata or channel cells); check it against the DEM",
+                                  source=str(self.cfg.path(self.cfg.site.zones)))
+            self.zones.append(Zone(z.code, z.name, cap_polygons(z.geometry), mask))
         for g in self.cfg.gauges:
             self.gauges[g.id] = self._place_gauge(g.id, g.name, g.lon, g.lat, g.datum_m)
 
@@ -314,20 +334,34 @@ class Site:
             dst.update_tags(**tags)
 
 
-def _zone_features(cfg: Config) -> list[tuple[dict, list[list[tuple[float, float]]]]]:
-    """The configured zones' GeoJSON features with their outer rings as (lat, lon), for CAP."""
-    gj = json.loads(cfg.path(cfg.site.zones).read_text())
+def site_zone_shapes(cfg: Config) -> list[ZoneShape]:
+    """The configured zones of the ``site.zones`` file, in file order, checked by
+    :func:`warning.config.read_zones`; a ConfigError lists every problem of the file and
+    every configured zone it lacks."""
+    path = cfg.path(cfg.site.zones)
+    zf = read_zones(path)
+    problems = list(zf.problems)
+    for i, z in enumerate(cfg.zones):
+        if z.code not in zf.codes and (zf.codes or not zf.problems):
+            problems.append(f"zones[{i}].code: {z.code!r} is not in {path.name}")
+    if problems:
+        raise ConfigError(problems, source=str(path))
     configured = {z.code for z in cfg.zones}
-    out = []
-    for feat in gj["features"]:
-        if feat["properties"]["code"] not in configured:
-            continue
-        geom = feat["geometry"]
-        rings = geom["coordinates"] if geom["type"] == "Polygon" else [
-            r for poly in geom["coordinates"] for r in poly[:1]]
-        outer = rings[:1] if geom["type"] == "Polygon" else rings
-        out.append((feat, [[(float(lat), float(lon)) for lon, lat in ring] for ring in outer]))
-    return out
+    return [z for z in zf.zones if z.code in configured]
+
+
+def cap_polygons(geometry: Polygon | MultiPolygon) -> list[list[tuple[float, float]]]:
+    """A zone's CAP 1.2 polygons: the outer ring of each of its polygons as closed
+    ``(lat, lon)`` pairs (latitude first, as CAP writes them; at least four pairs, the first
+    repeated last, as every valid ring has).
+
+    CAP 1.2 cannot express holes: a ``<polygon>`` is one ring, and several in one
+    ``<area>`` are a union. A zone with holes is therefore published as its outer
+    ring(s), which cover the holes too: the notice's area is larger than the zone (the
+    safe side for a warning), while the model's cells (``Zone.mask``) leave the holes out.
+    """
+    polygons = geometry.geoms if isinstance(geometry, MultiPolygon) else [geometry]
+    return [[(float(lat), float(lon)) for lon, lat, *_ in p.exterior.coords] for p in polygons]
 
 
 class GaugeOnlySite(Site):
@@ -342,8 +376,8 @@ class GaugeOnlySite(Site):
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self._terrain = None
-        self.zones = [Zone(feat["properties"]["code"], feat["properties"]["name"], polygons, None)
-                      for feat, polygons in _zone_features(cfg)]
+        self.zones = [Zone(z.code, z.name, cap_polygons(z.geometry), None)
+                      for z in site_zone_shapes(cfg)]
         self.gauges: dict[str, GaugeSite] = {}
 
     @property

@@ -341,14 +341,16 @@ class Store:
 def recorded_run(store: Store, run_id: str, *, at: datetime, scope: str, forecast_issued: datetime | None,
                  forecast_file: str | None) -> Iterator[None]:
     """Record a forecast cycle in ``runs`` while it runs: ``running`` on entry (a re-run of
-    the same id replaces the old row); the body sets ``done`` with its summary
-    (:func:`finish_run`); if the body raises, the run is marked ``failed`` with the error, so
-    no run is ever left ``running``."""
+    the same id starts the old row afresh, in place, so alerts it issued keep pointing at
+    it); the body sets ``done`` with its summary (:func:`finish_run`); if the body raises,
+    the run is marked ``failed`` with the error, so no run is ever left ``running``."""
     with store.session.begin() as s:
-        if s.get(Run, run_id) is not None:
-            s.query(Run).filter(Run.id == run_id).delete()
-        s.add(Run(id=run_id, at=at, scope=scope, forecast_issued=forecast_issued,
-                  forecast_file=forecast_file, status="running", started=utcnow()))
+        run = s.get(Run, run_id)
+        if run is None:
+            run = Run(id=run_id)
+            s.add(run)
+        run.at, run.scope, run.forecast_issued, run.forecast_file = at, scope, forecast_issued, forecast_file
+        run.status, run.started, run.finished, run.summary = "running", utcnow(), None, {}
     try:
         yield
     except BaseException as exc:

@@ -13,6 +13,7 @@ import base64
 import csv
 import hashlib
 import hmac
+import io
 import logging
 import re
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from sqlalchemy import Text, cast, delete, or_, select, update
 from alerts.channels import mask_phone
 from alerts.inbound import NUMBER_REMOVED, redact_numbers
 
+from .config import undecodable_at
 from .errors import ConfigError, FloodwarnError
 from .secrets import env_secret
 from .storage import AuditRow, OutboxRow, ReportRow, Store, Subscriber, utcnow
@@ -64,7 +66,7 @@ class PhoneVault:
         self._hmac_key = hashlib.sha256(("floodwarn-lookup:" + secret).encode()).digest()
 
     @classmethod
-    def from_env(cls) -> "PhoneVault":
+    def from_env(cls) -> PhoneVault:
         secret = env_secret("FLOODWARN_SECRET_KEY")
         if not secret:
             raise ConfigError("FLOODWARN_SECRET_KEY: not set; subscribers' phone numbers are "
@@ -138,23 +140,20 @@ class SubscriberRegistry:
     def import_csv(self, path: Path, known_zones: list[str] | None = None) -> int:
         """Import ``phone, zones (;-separated), language, consent_source`` rows.
 
-        Every row is checked first (number, zones, language); if any is wrong nothing is
-        imported and the error lists every bad row by line number (numbers masked).
-        Returns the number of rows imported.
+        The file is UTF-8 (a byte-order mark, as Excel's "CSV UTF-8" writes, is accepted);
+        column names are read without surrounding spaces and letter case. Every row is
+        checked first (number, zones, language, no more fields than columns); if any is
+        wrong nothing is imported and the error lists every bad row by line number
+        (numbers masked). Returns the number of rows imported.
         """
-        try:
-            with open(path, newline="", encoding="utf-8-sig") as fh:
-                reader = csv.DictReader(fh)
-                missing = {"phone", "zones"} - set(reader.fieldnames or ())
-                if missing:
-                    raise FloodwarnError(f"{path}: missing column(s) {', '.join(sorted(missing))}; expected "
-                                         "phone, zones, language, consent_source")
-                rows = list(reader)
-        except OSError as exc:
-            raise FloodwarnError(f"cannot read {path}: {exc.strerror}") from None
+        rows = _read_csv_rows(path)
         zones_ok = {z.lower(): z for z in known_zones} if known_zones is not None else None
         good, problems = [], []
-        for line, row in enumerate(rows, start=2):
+        for line, row in rows:
+            if None in row:  # DictReader puts the fields beyond the header under None
+                problems.append(f"line {line}: {len(row) - 1 + len(row[None])} fields, more than the "
+                                f"{len(row) - 1} columns; separate zones with ';', not ','")
+                continue
             phone = (row.get("phone") or "").strip()
             try:
                 e164 = normalise_phone(phone, self.region)
@@ -229,12 +228,16 @@ class SubscriberRegistry:
         with self.store.session() as s:
             rows = s.scalars(select(Subscriber).where(Subscriber.roster == self.roster)
                              .order_by(Subscriber.id)).all()
-        with open(path, "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["phone", "zones", "language", "consent_source", "consent_time", "opted_out_at"])
-            for r in rows:
-                w.writerow([self.vault.decrypt(r.phone_enc), ";".join(r.zones), r.language, r.consent_source,
-                            r.consent_time.isoformat(), r.opted_out_at.isoformat() if r.opted_out_at else ""])
+        try:
+            with open(path, "w", newline="", encoding="utf-8") as fh:  # what import_csv reads
+                w = csv.writer(fh)
+                w.writerow(["phone", "zones", "language", "consent_source", "consent_time", "opted_out_at"])
+                for r in rows:
+                    w.writerow([self.vault.decrypt(r.phone_enc), ";".join(r.zones), r.language,
+                                r.consent_source, r.consent_time.isoformat(),
+                                r.opted_out_at.isoformat() if r.opted_out_at else ""])
+        except OSError as exc:
+            raise FloodwarnError(f"cannot write {path}: {exc.strerror or exc}") from None
         return len(rows)
 
     def for_zone(self, zone: str) -> list[Recipient]:
@@ -249,6 +252,35 @@ class SubscriberRegistry:
     def count(self) -> int:
         with self.store.session() as s:
             return len(s.scalars(select(Subscriber.id).where(Subscriber.roster == self.roster)).all())
+
+
+def _read_csv_rows(path: Path) -> list[tuple[int, dict]]:
+    """The rows of a subscribers CSV with the line each ends on, or a FloodwarnError naming
+    the file and what is wrong: unreadable, not UTF-8 (the byte and line), not CSV, or
+    without the phone and zones columns."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise FloodwarnError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise FloodwarnError(f"{path}: not UTF-8 text ({undecodable_at(data, exc)}); save it as UTF-8 "
+                             "(in Excel: CSV UTF-8)") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    rows = []
+    try:
+        if reader.fieldnames is not None:
+            reader.fieldnames = [(name or "").strip().lower() for name in reader.fieldnames]
+        missing = {"phone", "zones"} - set(reader.fieldnames or ())
+        if missing:
+            raise FloodwarnError(f"{path}: missing column(s) {', '.join(sorted(missing))}; expected "
+                                 "phone, zones, language, consent_source")
+        for row in reader:
+            rows.append((reader.line_num, row))
+    except csv.Error as exc:
+        raise FloodwarnError(f"{path}: line {reader.line_num}: not valid CSV: {exc}") from None
+    return rows
 
 
 # --------------------------------------------------------------------------- erasure

@@ -2,15 +2,16 @@
 document at ``/openapi.json``), ``/health``, and the Twilio webhooks.
 
 Public, without login: ``/`` (current warnings), ``/notices/<id>.xml`` and ``.html``,
-``/feed.atom``. JSON API under ``/api``: zones with their current level, levels, gauges,
-a gauge's readings with QC flags, alerts. The operator console (login, map, approval
-queue) is built on top of this app.
+``/feed.atom``; a name that cannot be a notice (too long for a file name, odd characters)
+is a plain 404, never a server error. JSON API under ``/api``: zones with their current
+level, levels, gauges, a gauge's readings with QC flags, alerts. The operator console
+(login, map, approval queue) is built on top of this app.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,17 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 from pydantic import BaseModel
 from sqlalchemy import select, text
 
-from .config import Config
+from .config import Config, read_zones
+from .errors import IngestError
 from .secrets import env_secret
 from .storage import AlertRow, Store, ZoneStateRow
 
 log = logging.getLogger(__name__)
+
+#: the name of a published notice file without its extension: its CAP identifier, made of
+#: a zone code (warning.config.ZONE_CODE), the cycle time and ".drill" for a drill
+#: (warning.alerting), well inside a file name's 255 bytes
+NOTICE_STEM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,199}$")
 
 
 class LevelOut(BaseModel):
@@ -89,15 +96,18 @@ def create_app(cfg: Config, *, store: Store | None = None, service: Any = None) 
     levels = [LevelOut(rank=r, name=lv.name, title=lv.title, colour=lv.colour, severity=lv.severity, sms=lv.sms,
                        approval=lv.approval) for r, lv in enumerate(cfg.levels, start=1)]
     by_rank = {lv.rank: lv for lv in levels}
-    try:  # public zone names from the zones GeoJSON (the config holds codes and thresholds)
-        names = {f["properties"]["code"]: f["properties"].get("name", f["properties"]["code"])
-                 for f in json.loads(cfg.path(cfg.site.zones).read_text())["features"]}
-    except (OSError, ValueError, KeyError) as exc:
-        log.warning("zone names unavailable (%s); showing codes", exc)
-        names = {}
+    # public zone names from the zones GeoJSON (the config holds codes and thresholds)
+    zones_file = read_zones(cfg.path(cfg.site.zones))
+    names = {z.code: z.name for z in zones_file.zones}
+    if zones_file.problems:
+        log.warning("zone names may be missing (%s); showing codes", "; ".join(zones_file.problems))
 
     def public_file(path: Path, media_type: str) -> FileResponse:
-        if not path.is_file():
+        try:
+            published = path.is_file()
+        except (OSError, ValueError):  # a name the system refuses cannot be a published file
+            published = False
+        if not published:
             raise HTTPException(404, f"{path.name} is not published (yet)")
         return FileResponse(path, media_type=media_type)
 
@@ -117,8 +127,9 @@ def create_app(cfg: Config, *, store: Store | None = None, service: Any = None) 
     @app.get("/notices/{name}", include_in_schema=False)
     def notice(name: str) -> FileResponse:
         stem, _, ext = name.rpartition(".")
-        if ext not in ("xml", "html") or not stem or "/" in stem or stem.startswith("."):
-            raise HTTPException(404, "notices are served as <identifier>.xml (CAP) or <identifier>.html")
+        if ext not in ("xml", "html") or not NOTICE_STEM.match(stem):
+            raise HTTPException(404, "no such notice: notices are served as <identifier>.xml (CAP) "
+                                     "or <identifier>.html")
         media = "application/cap+xml" if ext == "xml" else "text/html"
         return public_file(out / "cap" / f"{stem}.{ext}", media)
 
@@ -156,10 +167,17 @@ def create_app(cfg: Config, *, store: Store | None = None, service: Any = None) 
         """A gauge's stage readings (m) with their QC flag ("ok" or why it was set aside), and
         its discharge (m3/s) with its own flag where the gauge measures flow."""
         if gauge_id not in {g.id for g in cfg.gauges}:
-            raise HTTPException(404, f"no gauge {gauge_id!r}; gauges: {', '.join(g.id for g in cfg.gauges)}")
+            raise HTTPException(404, f"no gauge {gauge_id[:64]!r}; gauges: "
+                                     f"{', '.join(g.id for g in cfg.gauges)}")
+        for key, value in (("since", since), ("until", until)):
+            if value is not None and value.tzinfo is None:
+                raise HTTPException(400, f"{key}: give a time zone, e.g. 2025-11-14T06:00:00Z")
         from .pipeline import Inputs
 
-        ds = Inputs(cfg).read_gauges()
+        try:
+            ds = Inputs(cfg).read_gauges()
+        except IngestError as exc:
+            raise HTTPException(503, f"gauge readings unavailable: {exc}") from None
         if ds is None or gauge_id not in ds["station"].values:
             return []
         from .ingest.gauge_csv import QC_NAMES
@@ -179,8 +197,8 @@ def create_app(cfg: Config, *, store: Store | None = None, service: Any = None) 
             when = datetime.fromisoformat(str(np.datetime_as_string(t, unit="s")) + "+00:00")
             if (since and when < since) or (until and when > until):
                 continue
-            rows.append(ReadingOut(time=when, stage_m=None if v != v else float(v), flag=flag(f),
-                                   discharge_m3s=None if not has_q or qv != qv else float(qv),
+            rows.append(ReadingOut(time=when, stage_m=None if np.isnan(v) else float(v), flag=flag(f),
+                                   discharge_m3s=None if not has_q or np.isnan(qv) else float(qv),
                                    discharge_flag=flag(qq) if has_q else None))
         return rows[-limit:]
 
@@ -206,12 +224,17 @@ def create_app(cfg: Config, *, store: Store | None = None, service: Any = None) 
     # ------------------------------------------------------------------ health
     @app.get("/health", tags=["operations"])
     def health() -> dict[str, Any]:
-        """Scheduler, feeds and database. ``ok`` is false when any of them is not."""
+        """Scheduler, feeds, database and open data problems.
+
+        ``status`` is "down" (database or scheduler not running), "degraded" (open data
+        problems, listed in ``problems``) or "ok"; ``ok`` is false when down or when the
+        last forecast cycle failed.
+        """
         db_ok, db_detail = True, "ok"
         try:
             with store.engine.connect() as c:
                 c.execute(text("SELECT 1"))
-        except Exception as exc:  # report, never crash the health check
+        except Exception as exc:  # noqa: BLE001  (report, never crash the health check)
             db_ok, db_detail = False, f"{type(exc).__name__}: {exc}"
         sched: dict[str, Any] = {"running": False}
         if service is not None:
@@ -228,8 +251,16 @@ def create_app(cfg: Config, *, store: Store | None = None, service: Any = None) 
             name: {"state": f.state, "last_data": f.last_data.isoformat() if f.last_data else None,
                    "checked": f.checked.isoformat(timespec="seconds") if f.checked else None}
             for name, f in service.state.feeds.items()}
-        ok = db_ok and (service is None or sched["running"])
-        return {"ok": ok, "database": db_detail, "scheduler": sched, "feeds": feeds}
+        problems = [] if service is None else [
+            {"key": p.key, "text": p.text, "since": p.since.isoformat(timespec="seconds")}
+            for p in list(service.state.problems.values())]
+        down = not db_ok or (service is not None and not sched["running"])
+        status = "down" if down else "degraded" if problems else "ok"
+        # "ok" is what a monitor pages on: the database or scheduler is down, or the last
+        # forecast cycle failed; data problems the cycles run around only degrade it
+        ok = not down and not any(p["key"] == "cycle" for p in problems)
+        return {"ok": ok, "status": status, "problems": problems, "database": db_detail,
+                "scheduler": sched, "feeds": feeds}
 
     # ------------------------------------------------------------------ console
     from .console import make_console

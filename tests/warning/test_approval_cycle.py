@@ -103,8 +103,8 @@ def _polygon(x0: float) -> list[list[float]]:
 def write_site(root: Path, *, zones: tuple[str, ...] = ("TZ",), timeout: str = "",
                database_url: str | None = None) -> Path:
     """A gauge site in ``root``: one gauge, a stage record with two floods (07:00-10:00 and
-    16:30-19:00 on 14 Nov 2025, 2.5 and 2.6 m against a 2.0 m threshold), and ``zones`` on
-    that gauge."""
+    16:30-19:00 on 14 Nov 2025, 2.5 and 2.6 m against a 2.0 m threshold, from 1.5 m: each step
+    within the 5 m/h plausible rate), and ``zones`` on that gauge."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "site.toml").write_text(SITE.format(
         database=f'database_url = "{database_url}"' if database_url else "", timeout=timeout, operator=OPERATOR_PHONE, zones="".join(ZONE.format(code=z) for z in zones)))
@@ -116,7 +116,7 @@ def write_site(root: Path, *, zones: tuple[str, ...] = ("TZ",), timeout: str = "
     rows = ["station,time,stage"]
     for i in range(24 * 4):
         t, h = t0 + timedelta(minutes=15 * i), i / 4
-        stage = 2.5 if 7 <= h < 10 else 2.6 if 16.5 <= h < 19 else 1.0
+        stage = 2.5 if 7 <= h < 10 else 2.6 if 16.5 <= h < 19 else 1.5
         rows.append(f"G1,{t:%Y-%m-%dT%H:%M}Z,{stage}")
     (root / "gauges.csv").write_text("\n".join(rows) + "\n")
     return root / "site.toml"

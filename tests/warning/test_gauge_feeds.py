@@ -188,16 +188,24 @@ def test_usgs_iv_offsets_nodata_and_qualifiers(tmp_path):
 
 
 def test_usgs_iv_unknown_unit_and_missing_key(tmp_path):
+    """A series in an unknown unit is dropped, a reading without a time skipped; each with
+    a problem. A feed left with no reading at all is refused, saying why."""
     f = tmp_path / "iv.json"
     f.write_text(json.dumps(usgs_doc(usgs_series("00065", "furlong", [("2024-01-10T06:00:00Z", "1", "A")]))))
-    with pytest.raises(IngestError, match=r"unknown parameter 00065 unit 'furlong'; valid units: m, cm, ft"):
+    with pytest.raises(IngestError, match=r"no readings: .*station 01589330: unknown parameter 00065 "
+                                          r"unit 'furlong'; valid units: m, cm, mm, ft, in; that series"
+                                          r" is dropped"):
         UsgsIvSource(path=f).read()
-    broken = usgs_doc(usgs_series("00065", "ft", [("2024-01-10T06:00:00Z", "1", "A")]))
+    broken = usgs_doc(usgs_series("00065", "ft", [("2024-01-10T06:00:00Z", "1", "A"),
+                                                  ("2024-01-10T06:15:00Z", "2", "A")]))
     del broken["value"]["timeSeries"][0]["values"][0]["value"][0]["dateTime"]
     f.write_text(json.dumps(broken))
-    with pytest.raises(IngestError, match=r"usgs_iv feed .*iv.json: value.timeSeries\[0\]"
-                                          r"\.values\[0\]\.value\[0\]: missing 'dateTime'"):
-        UsgsIvSource(path=f).read()
+    ds = UsgsIvSource(path=f).read(now=utc(2024, 1, 10, 6, 30))
+    np.testing.assert_array_equal(ds.time.values, [ns(utc(2024, 1, 10, 6, 15))])
+    assert ds.stage.values[0, 0] == pytest.approx(2 * FT)
+    (problem,) = ds.attrs["problems"]
+    assert problem == (f"usgs_iv feed {f}: station 01589330: value.timeSeries[0].values[0].value[0]: "
+                       "missing 'dateTime'; that reading is skipped")
 
 
 # ---------------------------------------------------------------- EA flood monitoring
@@ -251,16 +259,27 @@ def test_ea_levels_flows_units_and_conditional_get(server):
 
 
 def test_ea_unknown_unit_and_missing_value(tmp_path):
+    """A level measure in a unit the EA does not use for levels is dropped (once, with a
+    problem) and the station's flow is still read; a reading without a value is missing."""
     f = tmp_path / "readings.json"
-    f.write_text(json.dumps(ea_doc([ea_item("E1", utc(2025, 1, 1), 1.0, "level-stage-i-15_min-ft")])))
-    with pytest.raises(IngestError, match=r"unknown level unit 'ft'; valid units: m, mASD, mAOD, mBDAT"):
-        get_source("ea_flood_monitoring", station="E1", path=f).read()
-    items = [ea_item("E1", utc(2025, 1, 1), 1.0, "level-stage-i-15_min-mASD"),
-             ea_item("E1", utc(2025, 1, 1, 0, 15), 1.0, "level-stage-i-15_min-mASD")]
-    del items[1]["value"]
+    t0 = utc(2025, 1, 1)
+    f.write_text(json.dumps(ea_doc([ea_item("E1", t0, 1.0, "level-stage-i-15_min-ft"),
+                                    ea_item("E1", t0 + timedelta(minutes=15), 1.1, "level-stage-i-15_min-ft"),
+                                    ea_item("E1", t0, 2500.0, "flow--i-15_min-l_s")])))
+    ds = get_source("ea_flood_monitoring", station="E1", path=f).read(now=t0)
+    assert ds.discharge.values[0, 0] == pytest.approx(2.5) and np.isnan(ds.stage.values).all()
+    (problem,) = ds.attrs["problems"]
+    assert problem.startswith(f"ea_flood_monitoring feed {f}: station E1: measure ")
+    assert problem.endswith("E1-level-stage-i-15_min-ft: unknown level unit 'ft'; valid units: m, mASD, "
+                            "mAOD, mBDAT; its readings are dropped")
+    items = [ea_item("E1", utc(2025, 1, 1, 0, 15), 1.0, "level-stage-i-15_min-mASD"),  # newest first
+             ea_item("E1", utc(2025, 1, 1), 1.0, "level-stage-i-15_min-mASD")]
+    del items[0]["value"]
     f.write_text(json.dumps(ea_doc(items)))
-    with pytest.raises(IngestError, match=r"ea_flood_monitoring feed .*readings.json: items\[1\]: missing 'value'"):
-        get_source("ea_flood_monitoring", station="E1", path=f).read()
+    ds = get_source("ea_flood_monitoring", station="E1", path=f).read(now=utc(2025, 1, 1, 0, 15))
+    assert list(ds.qc.values[0]) == [QC_GOOD, QC_MISSING]
+    assert ds.attrs["problems"] == [(f"ea_flood_monitoring feed {f}: station E1: items[0]: missing "
+                                    "'value' at 2025-01-01T00:15Z; that reading is flagged missing")]
 
 
 def test_stale_feed_reports_a_data_gap(server):
@@ -318,8 +337,8 @@ def test_sensorthings_pages_and_units(server):
 
     ft = SensorThingsSource(7, url=server.url + "/sta/v1.1", units="ft", top=3).read(now=t0)
     np.testing.assert_allclose(ft.stage.values[0], (np.arange(6) + 120.0) * FT)
-    with pytest.raises(IngestError, match=r"unknown stage unit 'in'; valid units: m, cm, ft"):
-        SensorThingsSource(7, url=server.url, units="in")
+    with pytest.raises(IngestError, match=r"unknown stage unit 'furlong'; valid units: m, cm, mm, ft, in"):
+        SensorThingsSource(7, url=server.url, units="furlong")
     with pytest.raises(IngestError, match=r"unknown discharge unit 'm'; valid units: m3/s, l/s, cfs"):
         SensorThingsSource(7, url=server.url, units="m", quantity="discharge")
 

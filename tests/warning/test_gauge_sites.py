@@ -499,7 +499,7 @@ def test_run_cycle_on_deadrun_at_2200z_raises_the_level_the_record_calls_for(tmp
         assert run.status == "done" and run.forecast_issued == at
         assert run.forecast_file == DEADRUN_CSV[-1]
         assert set(run.summary) == {"metrics", "details", "problems", "timings", "decisions", "rain",
-                                    "failed_zones"}
+                                    "failed_zones", "run_info"}
     assert len(res.notices) == 1 and Path(res.notices[0]).is_file()
     store.dispose()
 

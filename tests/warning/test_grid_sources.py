@@ -253,7 +253,8 @@ def test_corrupt_geotiff_names_the_file(tmp_path):
     write_tif(tmp_path / "202511140600.tif", np.ones((100, 100)))
     bad = tmp_path / "202511140615.tif"
     bad.write_bytes(b"II*\x00" + b"\x13" * 500)
-    src = get_source("geotiff", path=tmp_path)
+    # the tiles carry no band unit: the config must give one (it used to be assumed mm/h)
+    src = get_source("geotiff", path=tmp_path, units="mm/h")
     issues = src.issues()
     assert len(issues) == 2
     grid = make_grid(500.0, 600_000.0, 5_700_000.0, 20, 15, 32631)
@@ -275,7 +276,8 @@ def test_geotiff_without_crs_is_an_error(tmp_path):
 # ---------------------------------------------------------------------- GRIB2
 def _write_grib(path, values: np.ndarray, *, valid: datetime, lon0: float, lat0: float, d: float) -> None:
     """One GRIB2 message of total precipitation (kg m-2 = mm over the step) on a regular
-    lat/lon grid, written with ecCodes from its own sample."""
+    lat/lon grid, written with ecCodes from its own sample. paramId 228228 is WMO's total
+    precipitation in kg m-2; shortName "tp" would give ECMWF's paramId 228, in metres."""
     eccodes = pytest.importorskip("eccodes")
     ny, nx = values.shape
     gid = eccodes.codes_grib_new_from_samples("regular_ll_sfc_grib2")
@@ -286,7 +288,7 @@ def _write_grib(path, values: np.ndarray, *, valid: datetime, lon0: float, lat0:
                            ("longitudeOfLastGridPointInDegrees", lon0 + (nx - 1) * d),
                            ("iDirectionIncrementInDegrees", d), ("jDirectionIncrementInDegrees", d),
                            ("dataDate", int(f"{valid:%Y%m%d}")), ("dataTime", int(f"{valid:%H%M}") - 100),
-                           ("shortName", "tp"), ("stepType", "accum"), ("startStep", 0), ("endStep", 1)):
+                           ("paramId", 228228), ("stepType", "accum"), ("startStep", 0), ("endStep", 1)):
             eccodes.codes_set(gid, key, value)
         eccodes.codes_set_values(gid, values.astype(np.float64).ravel())
         with open(path, "wb") as fh:

@@ -173,7 +173,8 @@ def test_a_failed_cycle_keeps_the_service_running_and_tells_operators(svc, monke
     assert rec is not None and not rec.ok and "truncated" in rec.detail
     assert s.state.last_cycle_at == AT  # the last good cycle stands
     with s.store.session() as ses:
-        problems = [a.detail["problem"] for a in ses.scalars(select(AuditRow).where(AuditRow.event == "data_problem"))]
+        problems = [a.detail["problem"] for a in
+                    ses.scalars(select(AuditRow).where(AuditRow.event == "cycle_failed"))]
     assert any("truncated file" in p for p in problems)
 
 

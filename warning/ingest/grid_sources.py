@@ -8,6 +8,15 @@ x)`` in mm/h on the site grid (one member, one time step per file), plus
 ``time`` labels the start of each frame's interval (the repository's convention); the
 issue time is when the frame becomes available, i.e. the end of its interval.
 
+Units come from the file where it says them (KNMI's image quantity, cfgrib's
+``GRIB_units``, a GeoTIFF band's unit type), checked against the ``units`` setting
+(``sources.forecast.units``), which is needed only when the file says nothing; see
+:mod:`.rain_qc`. Values are screened on the source grid with the site's ``Limits``
+(:func:`.rain_qc.screen_rain`): implausible values are replaced from their nearest good
+neighbour, counted in ``attrs["qc"]`` and described in ``attrs["problems"]``. No-data
+pixels (outside the radar image, GeoTIFF nodata) stay no-data: a share ``max_missing``
+of the site may lie without data and counts as dry, with a sentence in ``problems``.
+
 Regridding reuses the helpers of :mod:`.forecast_netcdf`: GDAL's area ``average`` when
 the site grid is at least as coarse as the source cells (it conserves accumulations),
 the cached bilinear regridder when it is finer. The comparison uses the size of a source
@@ -21,7 +30,7 @@ import logging
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +43,12 @@ from rasterio.warp import Resampling, reproject
 from rasterio.warp import transform as warp_transform
 
 from ..errors import IngestError
-from .forecast_netcdf import _TO_MM_H, ForecastIssue, GridSpec, _bilinear_regridder
+from .forecast_netcdf import ForecastIssue, GridSpec, bilinear_regridder
+from .limits import DEFAULT_LIMITS, Limits
+from .rain_qc import RainUnit, check_config_units, resolve_rain_unit, screen_rain, unreadable
 
 log = logging.getLogger(__name__)
 
-UTC = timezone.utc
 _MONTHS = {m: i + 1 for i, m in enumerate(
     ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"])}
 
@@ -74,7 +84,7 @@ def regrid(data: np.ndarray, src_transform: Affine, src_crs: CRS, grid: GridSpec
                       dst_transform=grid.transform, dst_crs=grid.crs, src_nodata=np.nan,
                       dst_nodata=np.nan, resampling=Resampling.average)
         return out.reshape(lead + (grid.ny, grid.nx))
-    return _bilinear_regridder(src_transform, src_crs, data.shape[-2:], grid)(data)
+    return bilinear_regridder(src_transform, src_crs, data.shape[-2:], grid)(data)
 
 
 def _src_cell_size(src_transform: Affine, src_crs: CRS, shape: tuple[int, ...], grid: GridSpec) -> float:
@@ -93,18 +103,24 @@ def _src_cell_size(src_transform: Affine, src_crs: CRS, shape: tuple[int, ...], 
 
 
 class _FrameSequenceSource(ABC):
-    """A folder of files holding one rain frame each; subclasses implement ``_read``/``_times``."""
+    """A folder of files holding one rain frame each; subclasses implement ``_read``/``_times``.
+
+    ``_read`` and ``_times`` raise only ``IngestError`` for anything wrong with a file.
+    """
 
     kind = "frames"
 
-    def __init__(self, path: Path, pattern: str, max_missing: float = 0.02):
+    def __init__(self, path: Path, pattern: str, max_missing: float = 0.02,
+                 limits: Limits | None = None):
         if not 0.0 <= max_missing <= 1.0:
             raise ValueError(f"max_missing must be a fraction in [0, 1], got {max_missing}")
         self.path = Path(path)
         self.pattern = pattern
         #: share of site cells allowed without data (set to 0 mm/h with a warning)
         self.max_missing = max_missing
-        self._issue_cache: dict[tuple[Path, int], datetime] = {}
+        self.limits = limits or DEFAULT_LIMITS
+        #: (file, mtime) -> (start, end) of its interval, or the reason it is unreadable
+        self._issue_cache: dict[tuple[Path, int], tuple[datetime, datetime] | str] = {}
         #: problems with the files the last ``issues()`` call skipped
         self.skipped: list[str] = []
 
@@ -115,21 +131,38 @@ class _FrameSequenceSource(ABC):
     def issues(self) -> list[ForecastIssue]:
         """Every readable frame, oldest first; ``issued`` is the end of its interval (UTC).
 
-        Unreadable files are logged and skipped (see ``skipped``).
+        Unreadable files are logged and skipped (see ``skipped``); this never raises for a
+        bad file.
         """
         out = []
         self.skipped = []
         for f in self._files():
-            key = (f, f.stat().st_mtime_ns)
+            try:
+                key = (f, f.stat().st_mtime_ns)
+            except OSError as exc:  # removed while being listed
+                self.skipped.append(f"{f}: {exc}")
+                continue
             if key not in self._issue_cache:
                 try:
-                    self._issue_cache[key] = self._times(f)[1]
+                    self._issue_cache[key] = self._times(f)
                 except IngestError as exc:
+                    # logged once per file version, not on every poll
                     log.warning("skipping rain frame: %s", exc)
-                    self.skipped.append(str(exc))
-                    continue
-            out.append(ForecastIssue(self._issue_cache[key], f))
+                    self._issue_cache[key] = str(exc)
+            got = self._issue_cache[key]
+            if isinstance(got, str):
+                self.skipped.append(got)
+                continue
+            out.append(ForecastIssue(got[1], f))
         return sorted(out, key=lambda i: i.issued)
+
+    def span(self, issue: ForecastIssue) -> tuple[datetime, datetime]:
+        """(start, end) of the interval the frame ``issue`` covers, UTC."""
+        try:
+            got = self._issue_cache.get((issue.path, issue.path.stat().st_mtime_ns))
+        except OSError:
+            got = None
+        return got if isinstance(got, tuple) else self._times(issue.path)
 
     def latest_before(self, at: datetime) -> ForecastIssue | None:
         """The newest frame available at or before ``at`` (no peeking ahead)."""
@@ -145,52 +178,71 @@ class _FrameSequenceSource(ABC):
     def _read(self, f: Path) -> Frame:
         ...
 
-    def _on_grid(self, f: Path, grid: GridSpec) -> tuple[np.ndarray, Frame]:
+    def _on_grid(self, f: Path, grid: GridSpec) -> tuple[np.ndarray, Frame, dict, list[str]]:
+        """The frame screened and on the site grid, with its QC counts and problems."""
         frame = self._read(f)
-        if (frame.data < 0).any():
-            raise IngestError(f"{f}: negative rain rates (min {np.nanmin(frame.data):.3g} mm/h); "
-                              f"check the calibration and units")
-        out = regrid(frame.data, frame.transform, frame.crs, grid)
+        data, qc, problems = screen_rain(frame.data, self.limits, f, fill_missing=False)
+        try:
+            out = regrid(data, frame.transform, frame.crs, grid)
+        except Exception as exc:  # noqa: BLE001 - GDAL/PROJ failures on odd georeferencing
+            raise IngestError(f"{f}: the frame cannot be put on the site grid "
+                              f"({type(exc).__name__}: {exc}); check its CRS and geotransform"
+                              ) from None
         bad = ~np.isfinite(out)
         if bad.any():
             frac = float(bad.mean())
             if frac > self.max_missing:
                 raise IngestError(f"{f}: no rain data for {frac:.1%} of the site (outside the "
                                   f"image or flagged missing; at most {self.max_missing:.1%} allowed)")
-            log.warning("%s: %d site cells without rain data set to 0 mm/h", f, int(bad.sum()))
+            problems.append(f"{f}: {int(bad.sum())} of {bad.size} site cells have no rain data "
+                            f"(outside the image or missing there) and count as dry")
             out[bad] = 0.0
-        return out, frame
+        for p in problems:
+            log.warning("%s", p)
+        return out, frame, qc, problems
 
     def load(self, issue: ForecastIssue, grid: GridSpec) -> xr.DataArray:
         """One frame on the site grid: DataArray (member=1, time=1, y, x), float32, mm/h.
 
         ``time`` is the start of the frame's interval; the value is the mean rate over it.
+        attrs: ``interval_s``, ``qc`` (counts of source values) and ``problems``.
         """
-        out, frame = self._on_grid(issue.path, grid)
+        out, frame, qc, problems = self._on_grid(issue.path, grid)
         return xr.DataArray(
             out[None, None], dims=("member", "time", "y", "x"),
             coords={"member": [0], "time": [np.datetime64(frame.start.replace(tzinfo=None), "ns")],
                     "y": grid.y_coords, "x": grid.x_coords},
             name="rain", attrs={"units": "mm/h", "source_file": str(issue.path),
                                 "issued": issue.issued.isoformat(),
-                                "interval_s": (frame.end - frame.start).total_seconds()})
+                                "interval_s": (frame.end - frame.start).total_seconds(),
+                                "qc": qc, "problems": problems})
 
     def load_window(self, start: datetime, end: datetime, grid: GridSpec) -> xr.DataArray:
-        """Frames whose interval starts in [start, end), stacked: DataArray (time, y, x), mm/h."""
-        fields, times, files = [], [], []
+        """Frames whose interval starts in [start, end), stacked: DataArray (time, y, x), mm/h.
+
+        attrs ``qc`` sums the frames' counts; ``problems`` lists theirs.
+        """
+        fields, times, files, problems = [], [], [], []
+        qc = {"missing": 0, "implausible": 0, "filled": 0, "cells": 0}
+        interval = None
         for issue in self.issues():
-            t0, _ = self._times(issue.path)
+            t0, _ = self.span(issue)
             if start <= t0 < end:
-                out, frame = self._on_grid(issue.path, grid)
+                out, frame, fqc, fproblems = self._on_grid(issue.path, grid)
                 fields.append(out)
                 times.append(np.datetime64(frame.start.replace(tzinfo=None), "ns"))
                 files.append(issue.path.name)
+                problems += fproblems
+                qc = {k: qc[k] + fqc[k] for k in qc}
+                interval = (frame.end - frame.start).total_seconds()
         if not fields:
             raise IngestError(f"{self.path}: no rain frames start in [{start.isoformat()}, "
                               f"{end.isoformat()})")
         return xr.DataArray(np.stack(fields), dims=("time", "y", "x"),
                             coords={"time": times, "y": grid.y_coords, "x": grid.x_coords},
-                            name="rain", attrs={"units": "mm/h", "source_files": files})
+                            name="rain", attrs={"units": "mm/h", "source_files": files,
+                                                "interval_s": interval, "qc": qc,
+                                                "problems": problems})
 
 
 # ---------------------------------------------------------------------- KNMI HDF5
@@ -216,12 +268,19 @@ class KnmiRadarSource(_FrameSequenceSource):
     ``projection_proj4_params``, whose ellipsoid axes KNMI writes in km: they are converted
     to metres, and the datum is taken as WGS 84. The grid is checked against
     ``geo_product_corners`` (to within half a pixel).
+
+    The image quantity decides the unit; a ``units`` setting, when given, must agree with
+    it (``"mm"`` or ``"kg m-2"`` for accumulations, ``"dBZ"`` for reflectivity).
     """
 
     kind = "odim_h5"
 
-    def __init__(self, path: Path, pattern: str = "RAD_NL25_RAP_5min_*.h5", max_missing: float = 0.02):
-        super().__init__(path, pattern, max_missing)
+    def __init__(self, path: Path, pattern: str = "RAD_NL25_RAP_5min_*.h5", max_missing: float = 0.02,
+                 limits: Limits | None = None, units: str | None = None):
+        self._config_dbz = units is not None and units.strip().lower() == "dbz"
+        self._config_unit = None if units is None or self._config_dbz else check_config_units(units)
+        super().__init__(path, pattern, max_missing, limits)
+        self.units = units
 
     @staticmethod
     def _open(f: Path):
@@ -231,8 +290,8 @@ class KnmiRadarSource(_FrameSequenceSource):
             return h5py.File(f, "r")
         except FileNotFoundError:
             raise IngestError(f"{f}: file not found") from None
-        except Exception as exc:  # h5py raises OSError with varied messages for corrupt files
-            raise IngestError(f"{f}: not a readable HDF5 file ({type(exc).__name__}: {exc})") from None
+        except Exception as exc:  # noqa: BLE001 - h5py raises OSError and more for corrupt files
+            raise unreadable(f, "HDF5 file", exc) from None
 
     @staticmethod
     def _attr(h: Any, f: Path, group: str, name: str) -> Any:
@@ -252,7 +311,7 @@ class KnmiRadarSource(_FrameSequenceSource):
                 return self._times_h(h, f)
             except IngestError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - attributes of any type in a broken file
                 raise IngestError(f"{f}: unreadable HDF5 metadata ({type(exc).__name__}: {exc})") from None
 
     def _times_h(self, h: Any, f: Path) -> tuple[datetime, datetime]:
@@ -277,7 +336,7 @@ class KnmiRadarSource(_FrameSequenceSource):
                 return self._read_h(h, f)
             except IngestError:
                 raise
-            except Exception as exc:  # truncated files fail only when the data are read
+            except Exception as exc:  # noqa: BLE001 - truncated files fail only when read
                 raise IngestError(f"{f}: unreadable HDF5 content ({type(exc).__name__}: {exc})") from None
 
     def _read_h(self, h: Any, f: Path) -> Frame:
@@ -301,9 +360,22 @@ class KnmiRadarSource(_FrameSequenceSource):
         quantity = _text(self._attr(h, f, "image1", "image_geo_parameter")).upper()
         hours = (end - start).total_seconds() / 3600.0
         if "PRECIPITATION" in quantity and "[MM]" in quantity:
+            mm = RainUnit("mm", "depth", 1.0)
+            if self._config_dbz or (self._config_unit is not None
+                                    and not self._config_unit.same_meaning(mm)):
+                raise IngestError(
+                    f"{f}: the image is {quantity}, mm over each {hours * 60:g}-min interval, but "
+                    f"sources.forecast.units is {self.units!r}; remove sources.forecast.units "
+                    f"(the file's quantity decides) or set it to \"mm\"")
             rate = geo / np.float32(hours)  # mm per interval -> mm/h
         elif "REFLECTIVITY" in quantity or "DBZ" in quantity:
-            rate = ((10.0 ** (geo / 10.0)) / 200.0) ** (1.0 / 1.6)  # Marshall-Palmer, mm/h
+            if self._config_unit is not None:
+                raise IngestError(
+                    f"{f}: the image is {quantity}, a radar reflectivity in dBZ, but "
+                    f"sources.forecast.units is {self.units!r}; remove sources.forecast.units "
+                    f"(the file's quantity decides) or set it to \"dBZ\"")
+            with np.errstate(over="ignore"):
+                rate = ((10.0 ** (geo / 10.0)) / 200.0) ** (1.0 / 1.6)  # Marshall-Palmer, mm/h
             rate = rate.astype(np.float32)
         else:
             raise IngestError(f"{f}: unsupported image quantity {quantity!r} (expected "
@@ -386,28 +458,32 @@ class GeotiffSequenceSource(_FrameSequenceSource):
     path : folder (or one file)
     name_format : strftime pattern of the whole file name, e.g. ``"rain_%Y%m%d%H%M.tif"``;
         the time it gives is UTC. Files that do not match are skipped.
-    units : ``"mm"`` (depth per interval, needs ``interval_minutes``) or a rate unit of
-        ``forecast_netcdf`` (``"mm/h"``, ``"mm/s"``, ``"kg m-2 s-1"``, ``"m/s"``).
+    units : the rain's unit when the band does not say (GDAL's band unit type, which
+        decides when set and must then agree with this): a rate (``"mm/h"``, ``"in/h"``,
+        ...) or a depth per interval (``"mm"``, which needs ``interval_minutes``); see
+        :data:`.rain_qc.RAIN_UNITS`. None: the band must say.
     interval_minutes : length of each frame's interval, min (default: 60 for rates).
     time_label : whether the file-name time is the ``"start"`` or the ``"end"`` of the interval.
     band : band number to read (1-based).
+
+    The band's scale and offset (GDAL metadata) are applied; its nodata is missing.
     """
 
     kind = "geotiff"
 
-    def __init__(self, path: Path, name_format: str = "%Y%m%d%H%M.tif", units: str = "mm/h",
+    def __init__(self, path: Path, name_format: str = "%Y%m%d%H%M.tif", units: str | None = None,
                  interval_minutes: float | None = None, time_label: str = "start", band: int = 1,
-                 max_missing: float = 0.02):
-        if units not in _TO_MM_H and units != "mm":
-            raise ValueError(f"unknown rain units {units!r}; use one of {', '.join([*_TO_MM_H, 'mm'])}")
-        if units == "mm" and not interval_minutes:
-            raise ValueError("units 'mm' (depth per interval) need interval_minutes")
+                 max_missing: float = 0.02, limits: Limits | None = None):
+        self._config_unit = check_config_units(units)
+        if self._config_unit is not None and self._config_unit.kind == "depth" and not interval_minutes:
+            raise ValueError(f"units {units!r} (depth per interval) need interval_minutes")
         if time_label not in ("start", "end"):
             raise ValueError(f"time_label must be 'start' or 'end', got {time_label!r}")
         pattern = re.sub(r"(?:%[A-Za-z])+", "*", name_format)
-        super().__init__(path, pattern, max_missing)
+        super().__init__(path, pattern, max_missing, limits)
         self.name_format = name_format
         self.units = units
+        self.interval_given = interval_minutes is not None
         self.interval = timedelta(minutes=float(interval_minutes or 60.0))
         self.time_label = time_label
         self.band = band
@@ -441,10 +517,13 @@ class GeotiffSequenceSource(_FrameSequenceSource):
                     raise IngestError(f"{f}: band {self.band} missing (the file has {ds.count})")
                 raw = ds.read(self.band, masked=True)
                 crs, transform = ds.crs, ds.transform
+                band_unit = ds.units[self.band - 1]
+                scale = ds.scales[self.band - 1]
+                offset = ds.offsets[self.band - 1]
         except IngestError:
             raise
-        except Exception as exc:  # RasterioIOError, CPLE_* for truncated tiles, ...
-            raise IngestError(f"{f}: not a readable GeoTIFF ({type(exc).__name__}: {exc})") from None
+        except Exception as exc:  # noqa: BLE001 - RasterioIOError, CPLE_* for truncated tiles, ...
+            raise unreadable(f, "GeoTIFF", exc) from None
         try:
             crs = CRS.from_user_input(crs)
             crs.to_wkt()
@@ -452,10 +531,20 @@ class GeotiffSequenceSource(_FrameSequenceSource):
             raise IngestError(f"{f}: unknown CRS: {exc}") from None
         if transform.b != 0 or transform.d != 0:
             raise IngestError(f"{f}: rotated GeoTIFFs are not supported")
-        data = np.ma.filled(raw.astype(np.float32), np.nan)
+        unit = resolve_rain_unit(
+            band_unit, self._config_unit, f, f"band {self.band}", unit_attr="unit",
+            missing_hint="write one (GDAL's band unit type, e.g. gdal_edit.py -units mm/h)")
+        if unit.kind == "depth" and not self.interval_given:
+            raise IngestError(f"{f}: band {self.band} is in {unit.text!r}, a depth per time step, "
+                              f"but the step length is unknown; set interval_minutes in "
+                              f"sources.forecast.settings")
         hours = self.interval.total_seconds() / 3600.0
-        factor = 1.0 / hours if self.units == "mm" else _TO_MM_H[self.units]
-        return Frame(data * np.float32(factor), transform, crs, start, end)
+        with np.errstate(over="ignore", invalid="ignore"):
+            data = np.ma.filled(raw.astype(np.float32), np.nan)
+            if scale not in (None, 1.0) or offset not in (None, 0.0):
+                data = data * np.float32(scale or 1.0) + np.float32(offset or 0.0)
+            data *= np.float32(unit.to_mm_h(hours))
+        return Frame(data, transform, crs, start, end)
 
 
 # ---------------------------------------------------------------------- GRIB2
@@ -479,59 +568,137 @@ class Grib2Source(_FrameSequenceSource):
     """GRIB2 rain grids on a regular lat/lon grid, read with cfgrib + eccodes (optional).
 
     Each file is one frame: its first step of ``variable`` (default ``tp``, total
-    precipitation). ``units`` as for GeoTIFF: ``"mm"`` = depth per ``interval_minutes``
-    (``kg m-2`` is the same), or a rate unit. Constructing it without cfgrib raises
-    ``IngestError`` naming the extra to install.
+    precipitation). The unit is the message's own (cfgrib's ``GRIB_units``): ECMWF's
+    ``tp`` is in ``m`` (x 1000 mm), WMO's in ``kg m-2`` (= mm); a ``units`` setting
+    must agree with it. The interval is the message's step range for accumulations and
+    averages (``GRIB_stepType`` accum/avg, ``startStep``-``endStep``; an accumulation from
+    the forecast start over several hours is read as a mean over all of them), else
+    ``interval_minutes`` (default 60); when both are known they must agree. Constructing
+    it without cfgrib raises ``IngestError`` naming the extra to install.
     """
 
     kind = "grib"
+    _ACCUM = ("accum", "diff")
+    _RATE = ("avg", "instant")
 
-    def __init__(self, path: Path, pattern: str = "*.grib2", variable: str = "tp", units: str = "mm",
-                 interval_minutes: float | None = 60.0, max_missing: float = 0.02):
+    def __init__(self, path: Path, pattern: str = "*.grib2", variable: str = "tp",
+                 units: str | None = None, interval_minutes: float | None = None,
+                 max_missing: float = 0.02, limits: Limits | None = None):
         try:
             import_grib()
-        except Exception as exc:  # ImportError, or RuntimeError when the eccodes library is absent
+        except Exception as exc:  # noqa: BLE001 - ImportError, or RuntimeError without the C library
             raise IngestError(
                 f"GRIB2 input ({path}) needs the optional packages cfgrib and eccodes, which are not "
                 f"importable here ({type(exc).__name__}: {exc}); install them with "
                 f"`pip install cfgrib eccodes` (the 'grib' extra)") from None
-        if units == "kg m-2":
-            units = "mm"
-        if units not in _TO_MM_H and units != "mm":
-            raise ValueError(f"unknown rain units {units!r}; use one of {', '.join([*_TO_MM_H, 'mm'])}")
-        super().__init__(path, pattern, max_missing)
+        self._config_unit = check_config_units(units)
+        super().__init__(path, pattern, max_missing, limits)
         self.variable = variable
         self.units = units
+        self.interval_given = interval_minutes is not None
         self.interval = timedelta(minutes=float(interval_minutes or 60.0))
 
     def _open(self, f: Path) -> xr.Dataset:
         try:
-            return xr.open_dataset(f, engine="cfgrib", backend_kwargs={"indexpath": ""})
-        except Exception as exc:
-            raise IngestError(f"{f}: not a readable GRIB file ({type(exc).__name__}: {exc})") from None
+            return xr.open_dataset(f, engine="cfgrib", backend_kwargs={
+                "indexpath": "", "read_keys": ["startStep", "endStep"]})
+        except Exception as exc:  # noqa: BLE001 - cfgrib/eccodes raise many types
+            raise unreadable(f, "GRIB file", exc) from None
 
     def _times(self, f: Path) -> tuple[datetime, datetime]:
         with self._open(f) as ds:
-            if "valid_time" not in ds.coords:
-                raise IngestError(f"{f}: no valid_time in the GRIB messages")
-            t = np.atleast_1d(ds["valid_time"].values)[0]
+            try:
+                return self._times_ds(ds, f)
+            except IngestError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - odd keys in a broken message
+                raise IngestError(f"{f}: unreadable GRIB metadata ({type(exc).__name__}: {exc})"
+                                  ) from None
+
+    def _variable(self, ds: xr.Dataset, f: Path) -> xr.DataArray:
+        if self.variable not in ds:
+            raise IngestError(f"{f}: variable {self.variable!r} missing; the file has "
+                              f"{', '.join(map(str, ds.data_vars)) or 'no variables'}")
+        return ds[self.variable]
+
+    def _times_ds(self, ds: xr.Dataset, f: Path) -> tuple[datetime, datetime]:
+        """(start, end) of the frame: it ends at its valid time."""
+        if "valid_time" not in ds.coords:
+            raise IngestError(f"{f}: no valid_time in the GRIB messages")
+        t = np.atleast_1d(ds["valid_time"].values)[0]
+        if np.isnat(t):
+            raise IngestError(f"{f}: the GRIB message has no valid time")
         end = datetime.fromtimestamp(t.astype("datetime64[s]").astype(np.int64), tz=UTC)
-        return end - self.interval, end
+        da = self._variable(ds, f)
+        stype = str(da.attrs.get("GRIB_stepType", ""))
+        own = self._step_range(da) if stype in self._ACCUM + self._RATE else None
+        if own is not None and self.interval_given and own != self.interval:
+            raise IngestError(
+                f"{f}: {self.variable!r} covers steps {da.attrs.get('GRIB_startStep')}-"
+                f"{da.attrs.get('GRIB_endStep')} ({own.total_seconds() / 60:g} min, stepType "
+                f"{stype}), but "
+                f"interval_minutes is {self.interval.total_seconds() / 60:g}; remove "
+                f"interval_minutes (the file's step range is used) or use files of that step")
+        if own is None and stype in self._ACCUM:
+            raise IngestError(
+                f"{f}: {self.variable!r} is an accumulation over an empty or unreadable step "
+                f"range {da.attrs.get('GRIB_startStep')}-{da.attrs.get('GRIB_endStep')}; a step-0 "
+                f"total holds no rain, leave such files out of the folder")
+        return end - (own or self.interval), end
+
+    @staticmethod
+    def _step_range(da: xr.DataArray) -> timedelta | None:
+        """endStep - startStep as a duration, from cfgrib's ``step`` (= endStep) coordinate;
+        None when unknown or empty."""
+        parsed = []
+        for key in ("GRIB_startStep", "GRIB_endStep"):
+            m = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", str(da.attrs.get(key, "")))
+            if not m:
+                return None
+            parsed.append((int(m.group(1)), m.group(2)))
+        (s0, u0), (s1, u1) = parsed
+        seconds = {"s": 1, "m": 60, "h": 3600, "d": 86400, "D": 86400}
+        if u0 and u1 and u0 in seconds and u1 in seconds:
+            length = s1 * seconds[u1] - s0 * seconds[u0]
+            return timedelta(seconds=length) if length > 0 else None
+        if "step" not in da.coords or u0 != u1 or s1 <= s0:
+            return None
+        step = np.atleast_1d(da["step"].values)[0] / np.timedelta64(1, "s")
+        return timedelta(seconds=float(step) * (s1 - s0) / s1) if step > 0 else None
 
     def _read(self, f: Path) -> Frame:
-        start, end = self._times(f)
         with self._open(f) as ds:
-            if self.variable not in ds:
-                raise IngestError(f"{f}: variable {self.variable!r} missing; the file has "
-                                  f"{', '.join(map(str, ds.data_vars)) or 'no variables'}")
-            da = ds[self.variable].squeeze(drop=True).load()
+            try:
+                start, end = self._times_ds(ds, f)
+                da = self._variable(ds, f).squeeze(drop=True).load()
+            except IngestError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - truncated data sections, ...
+                raise IngestError(f"{f}: unreadable GRIB content ({type(exc).__name__}: {exc})"
+                                  ) from None
         if set(da.dims) != {"latitude", "longitude"}:
             raise IngestError(f"{f}: expected one regular lat/lon field, got dims {da.dims}")
+        unit = resolve_rain_unit(da.attrs.get("GRIB_units", da.attrs.get("units")),
+                                 self._config_unit, f, f"GRIB variable {self.variable!r}",
+                                 unit_attr="GRIB_units", missing_hint="the message defines none")
+        stype = str(da.attrs.get("GRIB_stepType", ""))
+        if stype and stype not in self._ACCUM + self._RATE:
+            raise IngestError(f"{f}: {self.variable!r} has GRIB stepType {stype!r}, which is not an "
+                              f"accumulation, a mean or an instantaneous value; the models need "
+                              f"rain totals or mean rates")
+        if stype in self._ACCUM and unit.kind == "rate":
+            raise IngestError(f"{f}: {self.variable!r} is an accumulation (stepType {stype!r}) "
+                              f"but its units {unit.text!r} are a rate; the file is inconsistent")
+        if stype in self._RATE and unit.kind == "depth":
+            raise IngestError(f"{f}: {self.variable!r} is a rate (stepType {stype!r}) but its "
+                              f"units {unit.text!r} are a depth; the file is inconsistent")
         da = da.transpose("latitude", "longitude")
         lat, lon = da["latitude"].values, da["longitude"].values
+        if lat.size < 2 or lon.size < 2:
+            raise IngestError(f"{f}: the GRIB grid needs at least 2 x 2 points")
         dx, dy = float(np.diff(lon).mean()), float(np.diff(lat).mean())
         transform = Affine(dx, 0.0, lon[0] - dx / 2, 0.0, dy, lat[0] - dy / 2)
-        hours = self.interval.total_seconds() / 3600.0
-        factor = 1.0 / hours if self.units == "mm" else _TO_MM_H[self.units]
-        data = np.asarray(da.values, dtype=np.float32) * np.float32(factor)
+        hours = (end - start).total_seconds() / 3600.0
+        with np.errstate(over="ignore", invalid="ignore"):
+            data = np.asarray(da.values, dtype=np.float32) * np.float32(unit.to_mm_h(hours))
         return Frame(data, transform, CRS.from_epsg(4326), start, end)

@@ -24,13 +24,14 @@ import csv
 import logging
 import re
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import xarray as xr
 
 from ..errors import IngestError
+from .limits import DEFAULT_LIMITS, Limits
 from .readings import Series, read_text, readings_dataset
 
 log = logging.getLogger(__name__)
@@ -64,19 +65,24 @@ class NwisCsvSource:
         Kept in the Dataset's attrs (the pipeline's staleness tolerance).
     units : str, optional
         Accepted for a uniform interface and ignored: the parameter codes fix the units.
+    limits : Limits, optional
+        Plausibility limits: stage steps faster than ``stage_max_rise_m_per_h`` are flagged
+        ``QC_RATE`` (:func:`~warning.ingest.gauge_csv.rate_flags`).
     """
 
     kind = "nwis_csv"
 
     def __init__(self, path: str | Path, *, stations: Mapping[str, str] | None = None,
                  approved_qualifiers: Sequence[str] = ("A", "P"), spike_limit_m: float = 0.5,
-                 stale_after_minutes: float = 90, units: str | None = None):
+                 stale_after_minutes: float = 90, units: str | None = None,
+                 limits: Limits | None = None):
         self.path = Path(path)
         self.stations = dict(stations or {})
         self.approved = tuple(approved_qualifiers)
         self.spike_limit_m = spike_limit_m
         self.stale_after_minutes = stale_after_minutes
         self.units = units
+        self.limits = limits or DEFAULT_LIMITS
         self._cache: tuple[tuple[int, int, Any], xr.Dataset] | None = None
 
     def read(self, valid_ranges: dict[str, tuple[float, float]] | None = None,
@@ -94,6 +100,7 @@ class NwisCsvSource:
         ds = readings_dataset(self._parse(), units={"stage": "m", "discharge": "m3 s-1"},
                               source=str(self.path), kind=self.kind, valid_ranges=valid_ranges,
                               spike_limits={"stage": self.spike_limit_m}, approved=self.approved,
+                              limits=self.limits,
                               attrs={"stale_after_minutes": self.stale_after_minutes,
                                      "units_source": "USGS parameter codes: 00060/00061 discharge "
                                                      "ft3/s, 00065 gage height ft"})
@@ -168,5 +175,5 @@ def _parse_time(text: str, where: str, utc_named: bool) -> datetime:
         if not utc_named:
             raise IngestError(f"{where}: time {raw!r} has no time zone and the column is not "
                               f"datetimeUTC; write e.g. 2018-06-01 04:00:00+00:00")
-        t = t.replace(tzinfo=timezone.utc)
-    return t.astimezone(timezone.utc)
+        t = t.replace(tzinfo=UTC)
+    return t.astimezone(UTC)

@@ -27,7 +27,7 @@ are in mm per hour (the WALRUS format; the file itself states no unit), ``Q`` be
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ import numpy as np
 import xarray as xr
 
 from ..errors import IngestError
+from .limits import DEFAULT_LIMITS, Limits
 from .readings import Series, read_text, readings_dataset
 
 log = logging.getLogger(__name__)
@@ -69,12 +70,16 @@ class PeqSource:
         Kept in the Dataset's attrs (the pipeline's staleness tolerance).
     units : str, optional
         Accepted for a uniform interface and ignored: the format fixes mm/h.
+    limits : Limits, optional
+        Plausibility limits, passed on to the readings' QC (the record has no stage, so the
+        stage rate check has nothing to judge).
     """
 
     kind = "peq"
 
     def __init__(self, path: str | Path, *, station: str = "HUPSEL", area_km2: float = HUPSEL_AREA_KM2,
-                 stale_after_minutes: float = 90, units: str | None = None):
+                 stale_after_minutes: float = 90, units: str | None = None,
+                 limits: Limits | None = None):
         if not area_km2 > 0:
             raise IngestError(f"peq: area_km2 must be > 0, got {area_km2!r}")
         self.path = Path(path)
@@ -82,6 +87,7 @@ class PeqSource:
         self.area_km2 = float(area_km2)
         self.stale_after_minutes = stale_after_minutes
         self.units = units
+        self.limits = limits or DEFAULT_LIMITS
         self._cache: tuple[tuple[int, int, Any], xr.Dataset] | None = None
 
     def read(self, valid_ranges: dict[str, tuple[float, float]] | None = None,
@@ -98,7 +104,7 @@ class PeqSource:
         series, step = self._parse()
         ds = readings_dataset(
             series, units={"stage": "m", "discharge": "m3 s-1", "rain": "mm h-1", "etpot": "mm h-1"},
-            source=str(self.path), kind=self.kind, valid_ranges=valid_ranges,
+            source=str(self.path), kind=self.kind, valid_ranges=valid_ranges, limits=self.limits,
             attrs={"stale_after_minutes": self.stale_after_minutes, "area_km2": self.area_km2,
                    "interval_minutes": step.total_seconds() / 60.0,
                    "time_convention": "end of each interval (WALRUS stamps the interval start); "
@@ -138,7 +144,7 @@ class PeqSource:
                 if fmt is None or not text.isdigit() or len(text) != width:
                     raise ValueError
                 t = datetime(int(text[0:4]), int(text[4:6]), int(text[6:8]), int(text[8:10] or 0),
-                             int(text[10:12] or 0), tzinfo=timezone.utc)
+                             int(text[10:12] or 0), tzinfo=UTC)
             except ValueError:
                 raise IngestError(f"{here}: date {text!r} is not YYYYmmddHH (or YYYYmmdd, "
                                   f"YYYYmmddHHMM, the same for every row)") from None

@@ -12,35 +12,45 @@ Both sources give the same ``xarray.Dataset (station, time)`` as
 * attrs ``source_file``, ``source_kind``, ``measured`` (the quantities the record really
   holds, e.g. ``["stage", "discharge"]``) and ``stale_after_minutes``.
 
-QC flags are those of the other gauge sources (missing, range, spike, duplicate,
-out-of-order; :data:`~warning.ingest.gauge_csv.QC_NAMES`,
+QC flags (``uint16``) are those of the other gauge sources (missing, range, rate of change,
+spike, duplicate, out-of-order; :data:`~warning.ingest.gauge_csv.QC_NAMES`,
 :data:`~warning.ingest.gauge_feeds.FEED_QC_NAMES`) plus :data:`QC_QUALIFIER`: a value the
 provider marked with a code outside the approved set (USGS: anything but ``A`` approved
 and ``P`` provisional, e.g. ``e`` estimated, ``Ice``, ``Eqp``). Flagged values are kept
 with their flag and never used by the pipeline. Every flag of a reading depends on that
-reading and the ones before it only, except the spike flag, which looks at the next
-reading too; :func:`warning.gauge_cycle.readings_until` recomputes it on the readings up
-to the cycle time.
+reading and the ones before it only (the rate-of-change flag too: it compares with the
+previous good reading), except the spike flag, which looks at the next reading too;
+:func:`warning.gauge_cycle.readings_until` recomputes it on the readings up to the cycle
+time. ``attrs["problems"]`` lists what the reader set aside (sentences for operators).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
 from ..errors import IngestError
-from .gauge_csv import QC_DUPLICATE, QC_GOOD, QC_MISSING, QC_RANGE, spike_flags
+from .gauge_csv import (
+    QC_DTYPE,
+    QC_DUPLICATE,
+    QC_GOOD,
+    QC_MISSING,
+    QC_RANGE,
+    read_text,
+    spike_flags,
+    stage_flags,
+)
 from .gauge_feeds import FEED_QC_NAMES, QC_OUT_OF_ORDER
+from .limits import DEFAULT_LIMITS, Limits
 
 QC_QUALIFIER = 128  # the provider's qualifier is not an approved one (e.g. USGS "e" estimated)
-ARCHIVE_QC_NAMES = {**FEED_QC_NAMES, QC_QUALIFIER: "qualifier"}
+ARCHIVE_QC_NAMES = dict(sorted({**FEED_QC_NAMES, QC_QUALIFIER: "qualifier"}.items()))
 
 __all__ = ["ARCHIVE_QC_NAMES", "QC_QUALIFIER", "Series", "qc_name", "read_text", "readings_dataset"]
 
@@ -69,32 +79,11 @@ def qc_name(var: str) -> str:
     return "qc" if var == "stage" else f"{var}_qc"
 
 
-def read_text(path: Path, what: str) -> list[str]:
-    """The file's lines, or an IngestError naming the file and, for bad bytes, the line."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise IngestError(f"{path}: cannot open {what}: {exc.strerror}") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise IngestError(f"{path}:{line}: not UTF-8 text (byte {raw[exc.start]:#04x}); is this "
-                          f"really {what}?") from None
-    if "\x00" in text:
-        line = text[: text.index("\x00")].count("\n") + 1
-        raise IngestError(f"{path}:{line}: NUL byte in the text; the file is corrupt or not {what}")
-    lines = text.splitlines()
-    if not any(line.strip() for line in lines):
-        raise IngestError(f"{path}: empty file; expected {what}")
-    return lines
-
-
 _SPLIT = re.compile(r"[,;:\s]+")
 
 
 def _qualifier_flags(quals: list[str], approved: frozenset[str]) -> np.ndarray:
-    out = np.zeros(len(quals), dtype=np.uint8)
+    out = np.zeros(len(quals), dtype=QC_DTYPE)
     known: dict[str, int] = {}
     for i, q in enumerate(quals):
         if q not in known:
@@ -108,7 +97,8 @@ def readings_dataset(series: Mapping[tuple[str, str], Series], *, units: Mapping
                      source: str, kind: str, valid_ranges: Mapping[str, tuple[float, float]] | None = None,
                      spike_limits: Mapping[str, float | None] | None = None,
                      approved: Iterable[str] | None = None,
-                     attrs: Mapping[str, Any] | None = None) -> xr.Dataset:
+                     attrs: Mapping[str, Any] | None = None, limits: Limits | None = None,
+                     problems: Sequence[str] = ()) -> xr.Dataset:
     """QC-flag the series and lay them out as ``Dataset(station, time)``.
 
     Parameters
@@ -122,15 +112,21 @@ def readings_dataset(series: Mapping[tuple[str, str], Series], *, units: Mapping
         Stage outside the range is flagged ``QC_RANGE``; any other quantity below zero is.
     spike_limits : mapping, quantity -> limit (its unit) or None, optional
         Quantities checked for single-reading spikes (``gauge_csv.spike_flags``).
+    limits : Limits, optional
+        Plausibility limits: stage is checked for its rate of change
+        (``gauge_csv.rate_flags``).
     approved : iterable of str, optional
         Qualifier codes that leave a value good; any other code flags it ``QC_QUALIFIER``.
     attrs : mapping, optional
         More attributes for the Dataset.
+    problems : sequence of str
+        What the reader set aside, for operators (``attrs["problems"]``).
     """
     if not series:
         raise IngestError(f"{source}: no readings")
     valid_ranges = valid_ranges or {}
     spike_limits = spike_limits or {}
+    limits = limits or DEFAULT_LIMITS
     approved_set = frozenset(approved) if approved is not None else None
     stations = sorted({s for s, _ in series})
     measured = [q for q in ("stage", "discharge", "rain", "etpot") if any(v == q for _, v in series)]
@@ -143,7 +139,7 @@ def readings_dataset(series: Mapping[tuple[str, str], Series], *, units: Mapping
     data: dict[str, Any] = {}
     for var in ["stage"] + [q for q in measured if q != "stage"]:
         values = np.full(shape, np.nan)
-        qc = np.full(shape, QC_MISSING, dtype=np.uint8)
+        qc = np.full(shape, QC_MISSING, dtype=QC_DTYPE)
         quals = np.full(shape, "", dtype=object)
         has_quals = False
         for s, name in enumerate(stations):
@@ -158,7 +154,7 @@ def readings_dataset(series: Mapping[tuple[str, str], Series], *, units: Mapping
             late[1:] = t[1:] < np.maximum.accumulate(t)[:-1]
             _, first = np.unique(idx, return_index=True)  # the first reading of each time wins
             values[s, idx[first]] = v[first]
-            qc[s, idx[first]] = np.where(np.isnan(v[first]), QC_MISSING, QC_GOOD).astype(np.uint8)
+            qc[s, idx[first]] = np.where(np.isnan(v[first]), QC_MISSING, QC_GOOD).astype(QC_DTYPE)
             if ser.qualifiers is not None:
                 has_quals = True
                 q_arr = np.asarray(ser.qualifiers, dtype=object)
@@ -173,13 +169,13 @@ def readings_dataset(series: Mapping[tuple[str, str], Series], *, units: Mapping
                 if not (v[k] == values[s, i] or (np.isnan(v[k]) and np.isnan(values[s, i]))):
                     qc[s, i] |= QC_DUPLICATE
             row = values[s]
-            with np.errstate(invalid="ignore"):
-                if var == "stage":
-                    lo, hi = valid_ranges.get(name, (-np.inf, np.inf))
-                    qc[s, (row < lo) | (row > hi)] |= QC_RANGE
-                else:
-                    qc[s, row < 0] |= QC_RANGE
             limit = spike_limits.get(var)
+            if var == "stage":
+                qc[s] = stage_flags(row, qc[s], np_times, valid_range=valid_ranges.get(name),
+                                    limits=limits, spike_limit_m=limit)
+                continue
+            with np.errstate(invalid="ignore"):
+                qc[s, row < 0] |= QC_RANGE
             if limit is not None:
                 qc[s] |= spike_flags(row, qc[s], limit)
         data[var] = (("station", "time"), values, {"units": units.get(var, "")})
@@ -188,4 +184,4 @@ def readings_dataset(series: Mapping[tuple[str, str], Series], *, units: Mapping
             data[f"{var}_qualifiers"] = (("station", "time"), quals.astype(str))
     return xr.Dataset(data, coords={"station": stations, "time": np_times},
                       attrs={"source_file": source, "source_kind": kind, "measured": measured,
-                             **(attrs or {})})
+                             "problems": list(problems), **(attrs or {})})
