@@ -141,6 +141,10 @@ class ForecastSourceConfig(_Model):
 
         if self.kind not in source_names():
             raise ValueError(f"unknown source kind {self.kind!r}; valid: {', '.join(source_names())}")
+        if self.units is not None and not (self.kind == "odim_h5" and self.units.strip().lower() == "dbz"):
+            from .ingest.rain_qc import check_config_units
+
+            check_config_units(self.units)  # ValueError: "unknown rain units ...; use ..."
         return self
 
     def source_settings(self, resolve) -> dict[str, Any]:

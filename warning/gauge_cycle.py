@@ -34,6 +34,7 @@ from . import alerting
 from .config import Config
 from .errors import IngestError
 from .ingest.gauge_csv import QC_GOOD, QC_SPIKE, spike_flags
+from .ingest.readings import qc_problem
 from .pipeline import CycleResult, Inputs, _json_safe, _jsonable, observed_stage
 from .site import Site
 from .storage import Store, finish_run, recorded_run
@@ -275,8 +276,8 @@ def gauge_metrics(site: Site, cfg: Config, inputs: Inputs, at: datetime) -> Gaug
         raise IngestError("a gauge site needs a gauge source ([sources.gauges])")
     problems: list[str] = []
     full = inputs.gauges_or_last_good(problems)
-    if full is None:
-        raise IngestError(f"no gauge readings: {problems[-1]}")
+    if full is None:  # nothing this cycle and nothing good from an earlier one: no cycle
+        raise IngestError(problems[-1])
     ds = readings_until(full, at, getattr(inputs.gauges, "spike_limit_m", 0.5))
     origin = str(full.attrs.get("source_file") or getattr(inputs.gauges, "path", "") or inputs.gauges.kind)
     data_file = origin.rsplit("/", 1)[-1]
@@ -300,8 +301,7 @@ def gauge_metrics(site: Site, cfg: Config, inputs: Inputs, at: datetime) -> Gaug
             when_any += [when] if when else []
         if "discharge" in quantities:
             q, when, problem = latest_value(ds, gid, "discharge", at, stale)
-            if problem:
-                problems.append(problem)
+            problems += [p for p in (problem, qc_problem(ds, gid, at, max(stale, 60.0), "discharge")) if p]
             vals["observed_discharge_m3s"] = q
             det["observed_discharge_time"] = when.isoformat() if when else None
             when_any += [when] if when else []

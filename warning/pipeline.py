@@ -39,6 +39,7 @@ from .errors import IngestError
 from .ingest import get_source
 from .ingest.forecast_netcdf import ForecastIssue
 from .ingest.gauge_csv import latest_good
+from .ingest.readings import qc_problem
 from .site import RATING_STAGES, Site
 from .storage import Store, finish_run, recorded_run
 
@@ -201,7 +202,7 @@ def assemble_rain(inputs: Inputs, site: Site, cfg: Config, at: datetime
     problems = [f"forecast file skipped: {p}" for p in inputs.forecast.skipped]
     if not issues:
         raise IngestError(f"no rainfall forecast issued at or before {at:%Y-%m-%d %H:%M}Z in "
-                          f"{inputs.forecast.path}")
+                          f"{inputs.forecast.path}" + "".join(f"; {p}" for p in problems))
     for current in reversed(issues):  # the newest readable issue; fall back on bad files
         try:
             fc = inputs.load_forecast(current, site)
@@ -612,8 +613,10 @@ def observed_stage(gauges, gid: str, at: datetime, stale: float, vals: dict[str,
     """The zone's observed stage metrics from its gauge (latest good reading up to ``at``
     and its rise over the hour), into ``vals`` and ``det``; returns the reading's time."""
     obs, rise, when, problem = latest_good(gauges, gid, at, stale)
-    if problem and problem not in problems:  # zones sharing a gauge: said once
-        problems.append(problem)
+    flagged = qc_problem(gauges, gid, at, max(stale, 60.0))
+    for p in (problem, flagged):
+        if p and p not in problems:  # zones sharing a gauge: said once
+            problems.append(p)
     vals["observed_stage_m"] = obs
     vals["observed_rise_m_per_h"] = rise
     det["observed_time"] = when.isoformat() if when else None

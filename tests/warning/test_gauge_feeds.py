@@ -192,7 +192,7 @@ def test_usgs_iv_unknown_unit_and_missing_key(tmp_path):
     a problem. A feed left with no reading at all is refused, saying why."""
     f = tmp_path / "iv.json"
     f.write_text(json.dumps(usgs_doc(usgs_series("00065", "furlong", [("2024-01-10T06:00:00Z", "1", "A")]))))
-    with pytest.raises(IngestError, match=r"no readings: .*station 01589330: unknown parameter 00065 "
+    with pytest.raises(IngestError, match=r"no usable readings: station 01589330: unknown parameter 00065 "
                                           r"unit 'furlong'; valid units: m, cm, mm, ft, in; that series"
                                           r" is dropped"):
         UsgsIvSource(path=f).read()

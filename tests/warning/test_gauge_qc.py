@@ -213,15 +213,18 @@ def test_columns_are_mapped_by_setting_and_matched_loosely(tmp_path):
                    unit_column="units").read()
 
 
-def test_csv_flatline_as_the_feeds_have_it(tmp_path):
-    # 15-min readings: 25 equal values span 360 min (not more than the 360 min limit),
-    # 26 span 375 min: all but the first of those are flagged
-    six_h = [1.0] * 25 + [1.1]
-    ds = get_source("gauge_csv", path=write(tmp_path / "a.csv", series_csv(six_h, step_min=15))).read()
+def test_csv_flatline_after_12_hours(tmp_path):
+    # 30-min readings: 25 equal values span 720 min (not more than the CSV's 720 min limit),
+    # 26 span 750 min: all but the first of those are flagged
+    twelve_h = [1.0] * 25 + [1.1]
+    ds = get_source("gauge_csv", path=write(tmp_path / "a.csv", series_csv(twelve_h, step_min=30))).read()
     assert (ds.qc.values == QC_GOOD).all()
     longer = [1.0] * 26 + [1.1]
-    ds = get_source("gauge_csv", path=write(tmp_path / "b.csv", series_csv(longer, step_min=15))).read()
+    ds = get_source("gauge_csv", path=write(tmp_path / "b.csv", series_csv(longer, step_min=30))).read()
     assert list(ds.qc.values[0]) == [QC_GOOD] + [QC_FLATLINE] * 25 + [QC_GOOD]
+    # the feeds' 6 h, when asked for
+    six = get_source("gauge_csv", path=tmp_path / "a.csv", flatline_minutes=360).read()
+    assert list(six.qc.values[0]) == [QC_GOOD] + [QC_FLATLINE] * 24 + [QC_GOOD]
     off = get_source("gauge_csv", path=tmp_path / "b.csv", flatline_minutes=None).read()
     assert (off.qc.values == QC_GOOD).all()
 
@@ -393,7 +396,7 @@ def test_usgs_series_without_values(tmp_path):
         "stage readings")]
     # nothing but an empty series: refused with the reason, not a numpy error
     only = _iv(tmp_path, usgs_series("00065", "ft", []))
-    with pytest.raises(IngestError, match=r"usgs_iv feed .*iv\.json: no readings: .*has no values"):
+    with pytest.raises(IngestError, match=r"usgs_iv feed .*iv\.json: no usable readings: station 01589330: .*has no values"):
         get_source("usgs_iv", path=only).read()
 
 

@@ -231,9 +231,9 @@ class _FeedSource(ABC):
                     raise IngestError(f"{where}: next-page link {nxt!r} is not an http(s) URL")
                 page = self.fetcher.fetch(nxt)
         if not any(series.values()):
-            lines = problems.lines()
-            raise IngestError(f"{self.kind} feed {first.origin}: no readings"
-                              + (f": {'; '.join(lines[:3])}" if lines else ""))
+            where = f"{self.kind} feed {first.origin}"
+            lines = [line.removeprefix(f"{where}: ") for line in problems.lines()]
+            raise IngestError(f"{where}: no usable readings" + (f": {'; '.join(lines[:3])}" if lines else ""))
         return series, problems.lines()
 
     @staticmethod

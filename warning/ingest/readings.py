@@ -29,7 +29,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -52,7 +52,8 @@ from .limits import DEFAULT_LIMITS, Limits
 QC_QUALIFIER = 128  # the provider's qualifier is not an approved one (e.g. USGS "e" estimated)
 ARCHIVE_QC_NAMES = dict(sorted({**FEED_QC_NAMES, QC_QUALIFIER: "qualifier"}.items()))
 
-__all__ = ["ARCHIVE_QC_NAMES", "QC_QUALIFIER", "Series", "qc_name", "read_text", "readings_dataset"]
+__all__ = ["ARCHIVE_QC_NAMES", "QC_QUALIFIER", "Series", "qc_name", "qc_problem", "read_text",
+           "readings_dataset"]
 
 
 @dataclass
@@ -185,3 +186,42 @@ def readings_dataset(series: Mapping[tuple[str, str], Series], *, units: Mapping
     return xr.Dataset(data, coords={"station": stations, "time": np_times},
                       attrs={"source_file": source, "source_kind": kind, "measured": measured,
                              "problems": list(problems), **(attrs or {})})
+
+
+def qc_problem(ds: xr.Dataset, station: str, at: datetime, minutes: float, var: str = "stage"
+               ) -> str | None:
+    """A sentence for operators about the readings of ``var`` at ``station`` in the
+    ``minutes`` up to ``at`` that QC set aside (None when there are none): how many, and
+    for each flag its count and first example (value, time, the provider's qualifier).
+
+    The cycle adds it to the run's problems, so a flagged reading is never dropped in
+    silence; the service tells the operators once while it stays open."""
+    qc_var = qc_name(var)
+    if qc_var not in ds or station not in ds["station"].values:
+        return None
+    sub = ds.sel(station=station)
+    t = sub["time"].values
+    end = np.datetime64(at.astimezone(UTC).replace(tzinfo=None), "ns")
+    window = np.flatnonzero((t > end - np.timedelta64(int(minutes * 60), "s")) & (t <= end))
+    qc = sub[qc_var].values[window]
+    bad = window[qc != QC_GOOD]
+    if not bad.size:
+        return None
+    values = sub[var].values
+    quals = sub[f"{var}_qualifiers"].values if f"{var}_qualifiers" in sub else None
+    unit = ds[var].attrs.get("units", "")
+    parts = []
+    for bit, name in ARCHIVE_QC_NAMES.items():
+        hit = bad[(sub[qc_var].values[bad] & bit) != 0]
+        if not hit.size:
+            continue
+        k = hit[0]
+        v = values[k]
+        example = "no value" if np.isnan(v) else f"{v:g} {unit}".strip()
+        example += f" at {str(t[k].astype('datetime64[m]')).replace('T', ' ')}Z"
+        if quals is not None and str(quals[k]).strip():
+            example += f", qualifier {str(quals[k]).strip()}"
+        parts.append(f"{name} x{hit.size} (e.g. {example})")
+    span = f"{minutes:g} min" if minutes < 120 else f"{minutes / 60:g} h"
+    return (f"gauge {station}: {bad.size} of {window.size} {var} readings in the {span} to "
+            f"{at:%H:%M}Z set aside by QC: " + "; ".join(parts))
