@@ -287,12 +287,17 @@ def test_reference_time(tmp_path):
     src = source(tmp_path / "ok.nc")
     (issue,) = src.issues()
     assert issue.issued == T0 + timedelta(hours=2.5)
-    # issued after the last valid time: not a forecast of these times
+    # issued after the last valid time: not a forecast of these times. The catalogue reads
+    # the reference time alone (cheap for folders of many issues); loading checks the axis
+    # and refuses the file, so a cycle falls back to the issue before it
     f = write_nc(tmp_path / "late.nc", field(4), [0, 1, 2, 3], ref_hours=4)
     src = source(tmp_path / "late.nc")
-    assert src.issues() == []
-    assert src.skipped == [(f"{f}: forecast_reference_time 2025-11-14T04:00Z is after the last valid "
-                           f"time 2025-11-14T03:00Z; the file cannot be a forecast issued then")]
+    (issue,) = src.issues()
+    assert issue.issued == T0 + timedelta(hours=4)
+    with pytest.raises(IngestError) as err:
+        load_only(src)
+    assert str(err.value) == (f"{f}: forecast_reference_time 2025-11-14T04:00Z is after the last valid "
+                              f"time 2025-11-14T03:00Z; the file cannot be a forecast issued then")
 
 
 def test_single_step_file_uses_interval_minutes(tmp_path):

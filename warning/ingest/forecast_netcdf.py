@@ -251,9 +251,72 @@ class NetcdfForecastSource:
         except Exception as exc:  # noqa: BLE001 - h5py/h5netcdf/scipy raise many types
             raise unreadable(f, "NetCDF file", exc) from None
 
+    def _header(self, f: Path) -> xr.Dataset:
+        """The file's variables and attributes for the catalogue, without its data: small
+        variables (axes, bounds, reference time) read, the rain and other large ones stood
+        in for by a zero-copy broadcast of the right shape. Faster than ``xr.open_dataset``
+        through h5netcdf, so listing a folder of hundreds of issues stays cheap. Anything unusual goes the full way (:meth:`_open`), whose errors
+        are the ones the user sees."""
+        try:
+            import h5netcdf
+
+            with open(f, "rb") as fh:
+                if fh.read(8) != b"\x89HDF\r\n\x1a\n":
+                    raise ValueError("not HDF5")
+            variables = {}
+            with h5netcdf.File(f, "r") as h:
+                names = set(h.variables)
+                # the rain's own dimensions, the time and reference time, and their bounds
+                want = [n for n in (self.variable, "time", "forecast_reference_time") if n in names]
+                if self.variable in names:
+                    want += [d for d in h.variables[self.variable].dimensions if d in names]
+                k = 0
+                while k < len(want):
+                    name = want[k]
+                    k += 1
+                    if name in variables:
+                        continue
+                    var = h.variables[name]
+                    attrs = {a: var.attrs[a] for a in var.attrs if not a.startswith("_")}
+                    if name != self.variable and int(np.prod(var.shape)) <= 100_000:
+                        data = np.asarray(var[...])
+                    else:
+                        data = np.broadcast_to(np.zeros((), dtype=var.dtype), var.shape)
+                    variables[name] = xr.Variable(var.dimensions, data, attrs)
+                    bounds = _text(attrs.get("bounds"))
+                    if bounds in names:
+                        want.append(bounds)
+            return xr.Dataset(variables)
+        except Exception:  # noqa: BLE001 - the full open below names the problem
+            return self._open(f)
+
+    def _quick_issue_time(self, f: Path) -> datetime | None:
+        """The CF ``forecast_reference_time`` of an HDF5 NetCDF file, read alone (a few ms);
+        None when the file has none or is unusual. The time axis is then checked when the
+        issue is loaded, and a bad one falls back to the issue before, as any bad file."""
+        try:
+            import h5netcdf
+
+            with open(f, "rb") as fh:
+                if fh.read(8) != b"\x89HDF\r\n\x1a\n":
+                    return None
+            with h5netcdf.File(f, "r") as h:
+                var = h.variables.get("forecast_reference_time")
+                if var is None or int(np.prod(var.shape)) != 1 or self.variable not in h.variables:
+                    return None
+                attrs = {a: var.attrs[a] for a in var.attrs if not a.startswith("_")}
+                raw = np.asarray(var[...]).ravel()
+        except Exception:  # noqa: BLE001 - the full check in _issue_time names the problem
+            return None
+        return _as_utc(decode_times(raw, attrs, f, "forecast_reference_time")[0])
+
     def _issue_time(self, f: Path) -> datetime:
-        """Issue time, after checking the file's time axis (reads only the time variables)."""
-        with self._open(f) as ds:
+        """Issue time: the file's reference time, or else from its checked time axis
+        (reading only the time variables)."""
+        quick = self._quick_issue_time(f)
+        if quick is not None:
+            return quick
+        with self._header(f) as ds:
             try:
                 if self.variable in ds.variables:
                     tname = self._dims(ds[self.variable], ds, f)[2] or "time"
