@@ -566,6 +566,27 @@ def explain(
     return (*evaluation.texts(held=False), *evaluation.texts(held=None))
 
 
+def raised_by(
+    levels: Sequence[LevelSpec], metrics: Mapping[str, float], lowest: int, highest: int
+) -> str:
+    """What raised a zone to ``highest`` from below ``lowest``: ``"forecast"`` when a
+    forecast criterion of a level from ``lowest`` to ``highest`` holds in ``metrics``,
+    else ``"observed"`` when only ``observed_*`` criteria hold there, else ``"none"``.
+
+    Verification splits forecast lead from detection with it: a warning raised because
+    the river is already high detects a flood, it does not forecast one.
+    """
+    kinds = set()
+    for rank, level in _validated(levels).items():
+        if lowest <= rank <= highest:
+            for check in _evaluate(level, metrics).checks:
+                if check.held:
+                    kinds.add("observed" if check.criterion.observed else "forecast")
+    if "forecast" in kinds:
+        return "forecast"
+    return "observed" if kinds else "none"
+
+
 # --------------------------------------------------------------------------- decide
 
 

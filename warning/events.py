@@ -14,12 +14,22 @@ An event is a small TOML file kept in the site's folder::
     [sources.gauges]
     path = "../gauges/readings.csv"
 
+    flood_hours = 6                    # how long a flood given by its onset alone lasted
+    lead_window_hours = 12             # warned time up to this long before an onset is
+                                       # neither credit nor false alarm (see below)
+
     [observed]                         # observed flood onsets per zone (UTC); a zone
-    MB-TOWN = [2025-11-14T18:15:00Z]   # listed with [] was seen not to flood
-    HILLTOP = []
+    MB-TOWN = [2025-11-14T18:15:00Z]   # listed with [] was seen not to flood; an onset
+    HILLTOP = []                       # may be given with its end: [[onset, end]]
 
 Only zones listed under ``[observed]`` are verified: a zone nobody looked at counts
 neither for nor against the thresholds.
+
+Flood windows. Verification in time (``warning.verification``) needs to know when a zone
+was flooded, not only when flooding began: each onset is paired with its end (given, or
+``flood_hours`` later, never past the event's end). Warned time inside a flood window is
+credit, warned time outside it is false-alarm time, except in the ``lead_window_hours``
+before an onset, which is the warning's lead and counts neither way.
 """
 
 from __future__ import annotations
@@ -65,25 +75,79 @@ class Event(_Model):
     description: str = ""
     zones: list[str] = Field(default_factory=list)
     tolerance_minutes: float = Field(default=60, ge=0)
+    flood_hours: float = Field(default=6, gt=0)
+    lead_window_hours: float = Field(default=12, ge=0)
     sources: EventSources = EventSources()
     observed: dict[str, list[datetime]] = Field(default_factory=dict)
+    #: the end of each observed flood, in the order of ``observed`` (None: not given)
+    flood_ends: dict[str, list[datetime | None]] = Field(default_factory=dict)
     #: folder of the event file (relative source paths are resolved against it)
     base_dir: Path = Path(".")
     file: Path | None = None
 
     _aware_times = field_validator("start", "end")(_aware)
 
-    @field_validator("observed")
+    @model_validator(mode="before")
     @classmethod
-    def _aware_onsets(cls, v: dict[str, list[datetime]]) -> dict[str, list[datetime]]:
-        return {zone: sorted(_aware(t) for t in times) for zone, times in v.items()}
+    def _split_flood_windows(cls, raw: Any) -> Any:
+        """``[observed]`` entries are onsets or ``[onset, end]`` pairs: keep the onsets in
+        ``observed`` and the ends in ``flood_ends``."""
+        if not isinstance(raw, dict) or not isinstance(raw.get("observed"), dict) or "flood_ends" in raw:
+            return raw
+        onsets: dict[str, list[Any]] = {}
+        ends: dict[str, list[Any]] = {}
+        for zone, items in raw["observed"].items():
+            if not isinstance(items, list):
+                return raw  # let the field's own validation say what is wrong
+            onsets[zone], ends[zone] = [], []
+            for item in items:
+                if isinstance(item, (list, tuple)):
+                    if len(item) != 2:
+                        raise ValueError(f"observed.{zone}: a flood window is [onset, end], got {item!r}")
+                    onsets[zone].append(item[0])
+                    ends[zone].append(item[1])
+                else:
+                    onsets[zone].append(item)
+                    ends[zone].append(None)
+        return {**raw, "observed": onsets, "flood_ends": ends}
 
     @model_validator(mode="after")
     def _ordered(self) -> "Event":
         if self.end <= self.start:
             raise ValueError(f"end ({self.end:%Y-%m-%d %H:%M}Z) must come after start "
                              f"({self.start:%Y-%m-%d %H:%M}Z)")
+        observed, ends = {}, {}
+        for zone, onsets in self.observed.items():
+            given = list(self.flood_ends.get(zone, [])) + [None] * len(onsets)
+            pairs = sorted(((_aware(t), None if e is None else _aware(e)) for t, e in zip(onsets, given)),
+                           key=lambda p: p[0])
+            for t, e in pairs:
+                if e is not None and e <= t:
+                    raise ValueError(f"observed.{zone}: the flood that began {t:%Y-%m-%d %H:%M}Z "
+                                     f"ends ({e:%Y-%m-%d %H:%M}Z) before it begins")
+            observed[zone] = [t for t, _ in pairs]
+            ends[zone] = [e for _, e in pairs]
+        object.__setattr__(self, "observed", observed)
+        object.__setattr__(self, "flood_ends", ends)
         return self
+
+    @property
+    def lead_window(self) -> timedelta:
+        return timedelta(hours=self.lead_window_hours)
+
+    def floods(self, zone: str) -> list[tuple[datetime, datetime]]:
+        """The zone's observed flood windows ``(onset, end)``: the end given, or
+        ``flood_hours`` after the onset; never past the event's end, nor past the next
+        onset (windows do not overlap)."""
+        onsets = self.observed.get(zone, [])
+        ends = self.flood_ends.get(zone, [None] * len(onsets))
+        out: list[tuple[datetime, datetime]] = []
+        for k, (t, e) in enumerate(zip(onsets, ends)):
+            end = e if e is not None else t + timedelta(hours=self.flood_hours)
+            if k + 1 < len(onsets):
+                end = min(end, onsets[k + 1])
+            out.append((t, max(t, min(end, self.end))))
+        return out
 
     @property
     def slug(self) -> str:
