@@ -49,24 +49,33 @@ import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
+from dataclasses import field as dataclass_field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from alerts.levels import LevelSpec, ZonePolicy, ZoneState, decide
+from alerts.levels import LevelSpec, ZonePolicy, ZoneState, decide, raised_by
 
 from .config import _CRITERION, Config, ZoneConfig
 from .errors import FloodwarnError
 from .events import EventTrace
-from .verification import Contingency, periods_from_levels, verify
+from .verification import (
+    BASELINES,
+    Contingency,
+    TimeTable,
+    baseline_periods,
+    periods_from_levels,
+    verify,
+)
+from .verification import scores as verification_scores
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "Candidate", "CandidateScore", "Goal", "GoalError", "GroupKey", "TuningError", "apply_changes",
-    "by_criterion", "candidate_grid", "config_diff", "decisions_for", "evaluate",
+    "ALWAYS_SHARE", "MIN_EVENTS", "MIN_FLOODS", "Assessment", "Candidate", "CandidateScore", "Goal",
+    "GoalError", "GroupKey", "TuningError", "apply_changes", "assess", "by_criterion", "candidate_grid", "config_diff", "decisions_for", "evaluate",
     "pod_far_plot", "recommend", "recommendation", "scores_table",
 ]
 
@@ -75,6 +84,13 @@ DEFAULT_WORKERS = 1
 candidates (7,650 decisions) take 0.9-1.3 s of CPU, and a pool of 2 processes was no
 faster on a 2-core machine (median 1.3-1.4 s with 1 worker, 1.4-1.5 s with 2, the cores
 shared with other jobs). A pool pays off only for much larger catalogues on idle cores."""
+
+
+#: a candidate warning at least this share of the events' time "warns always" and is refused
+ALWAYS_SHARE = 0.95
+#: fewest events observing a zone, and fewest observed floods among them, to tune it
+MIN_EVENTS = 3
+MIN_FLOODS = 2
 
 
 class TuningError(FloodwarnError):
@@ -137,11 +153,15 @@ class Candidate:
 
 @dataclass(frozen=True)
 class CandidateScore:
-    """Verification of one candidate over the catalogue.
+    """Verification of one candidate over the catalogue (in sample: every event).
 
-    ``pod``, ``far``, ``csi`` are NaN where undefined (e.g. FAR with no warning at all);
-    ``lead_times_min`` are the hits' lead times in minutes, sorted (negative: late, within
-    the event's tolerance). ``events`` is the number of events that observed the zone.
+    ``pod``, ``far``, ``csi`` are event scores (late detections count as misses); ``pss``,
+    ``hss``, ``csi_time`` the scores in time (hours warned and flooded, warned and dry,
+    ...); NaN where undefined. ``lead_times_min`` are the forecast hits' lead times in
+    minutes, sorted; hits raised by an observation only are ``detections`` (their leads
+    apart). ``events`` is the number of events that observed the zone; ``per_event`` the
+    contingency of each (in the order of ``event_starts``), which the out-of-sample check
+    re-combines; ``baselines`` the per-event contingencies of never/always/persistence.
     """
 
     candidate: Candidate
@@ -154,24 +174,47 @@ class CandidateScore:
     far: float
     csi: float
     lead_times_min: tuple[float, ...]
+    late: int = 0
+    detections: int = 0
+    detection_leads_min: tuple[float, ...] = ()
+    hours: TimeTable = TimeTable()
+    pss: float = math.nan
+    hss: float = math.nan
+    csi_time: float = math.nan
+    warned_share: float = math.nan
+    forecast_pod: float = math.nan
+    per_event: tuple[Contingency, ...] = ()
+    event_starts: tuple[datetime, ...] = ()
+    baselines: Mapping[str, tuple[Contingency, ...]] = dataclass_field(default_factory=dict)
 
     @classmethod
     def from_contingency(cls, candidate: Candidate, verified_level: str, events: int,
-                         c: Contingency) -> CandidateScore:
-        def ratio(a: int, b: int) -> float:
-            return a / b if b else math.nan
-
-        leads = tuple(sorted(t.total_seconds() / 60.0 for t in c.lead_times))
+                         c: Contingency, *, per_event: Sequence[Contingency] = (),
+                         event_starts: Sequence[datetime] = (),
+                         baselines: Mapping[str, tuple[Contingency, ...]] | None = None) -> CandidateScore:
+        sc = verification_scores(c)
         return cls(candidate=candidate, verified_level=verified_level, events=events,
                    hits=c.hits, misses=c.misses, false_alarms=c.false_alarms,
-                   pod=ratio(c.hits, c.hits + c.misses),
-                   far=ratio(c.false_alarms, c.hits + c.false_alarms),
-                   csi=ratio(c.hits, c.hits + c.misses + c.false_alarms),
-                   lead_times_min=leads)
+                   pod=sc["pod"], far=sc["far"], csi=sc["csi"],
+                   lead_times_min=tuple(sorted(t.total_seconds() / 60.0 for t in c.lead_times)),
+                   late=c.late, detections=c.detections,
+                   detection_leads_min=tuple(sorted(t.total_seconds() / 60.0 for t in c.detection_leads)),
+                   hours=c.hours, pss=sc["pss_time"], hss=sc["hss_time"], csi_time=sc["csi_time"],
+                   warned_share=sc["warned_share"], forecast_pod=sc["forecast_pod"],
+                   per_event=tuple(per_event), event_starts=tuple(event_starts),
+                   baselines=dict(baselines or {}))
+
+    @property
+    def forecast_hits(self) -> int:
+        return self.hits - self.detections
+
+    @property
+    def floods(self) -> int:
+        return self.hits + self.late + self.misses
 
     def lead_summary(self) -> dict[str, float]:
-        """Lead times of the hits, minutes: ``min``, ``q1``, ``median``, ``q3``, ``max``
-        (quartiles by linear interpolation, numpy's default); NaN without hits."""
+        """Forecast lead times of the hits, minutes: ``min``, ``q1``, ``median``, ``q3``,
+        ``max`` (quartiles by linear interpolation, numpy's default); NaN without hits."""
         if not self.lead_times_min:
             return dict.fromkeys(("min", "q1", "median", "q3", "max"), math.nan)
         q = np.percentile(np.asarray(self.lead_times_min), [0, 25, 50, 75, 100])
@@ -180,6 +223,18 @@ class CandidateScore:
     @property
     def median_lead_min(self) -> float:
         return self.lead_summary()["median"]
+
+    @property
+    def trivial(self) -> str | None:
+        """``"always"`` when the candidate warns at least :data:`ALWAYS_SHARE` of the
+        events' time, ``"never"`` when it never warns; None otherwise."""
+        if self.hours.total <= 0:
+            return None
+        if self.hours.warned <= 0:
+            return "never"
+        if self.warned_share >= ALWAYS_SHARE:
+            return "always"
+        return None
 
 
 def _zone_config(cfg: Config, zone: str) -> ZoneConfig:
@@ -322,14 +377,18 @@ def _with_value(levels: Sequence[LevelSpec], cand: Candidate) -> list[LevelSpec]
 
 
 def _changes(times: Sequence[datetime], metrics: Sequence[Mapping[str, float]],
-             levels: Sequence[LevelSpec], policy: ZonePolicy, zone: str) -> list[tuple[datetime, int]]:
+             levels: Sequence[LevelSpec], policy: ZonePolicy, zone: str
+             ) -> list[tuple[datetime, int, str]]:
+    """Level changes ``(time, rank, trigger)``; a raise records what raised it (forecast
+    or observation, :func:`alerts.levels.raised_by`), a lowering ``"none"``."""
     state = ZoneState()
-    out: list[tuple[datetime, int]] = []
+    out: list[tuple[datetime, int, str]] = []
     for at, m in zip(times, metrics):
         d = decide(state, m, at, levels, policy, zone=zone)
         state = d.state
         if d.changed:
-            out.append((at, d.level))
+            trigger = raised_by(levels, m, d.previous + 1, d.level) if d.level > d.previous else "none"
+            out.append((at, d.level, trigger))
     return out
 
 
@@ -358,7 +417,7 @@ def decisions_for(
     levels = cfg.level_specs(zone_cfg) if levels is None else levels
     policy = cfg.zone_policy(zone_cfg) if policy is None else policy
     times, metrics = _series(trace, zone)
-    return _changes(times, metrics, levels, policy, zone)
+    return [(t, rank) for t, rank, _ in _changes(times, metrics, levels, policy, zone)]
 
 
 @dataclass(frozen=True)
@@ -367,6 +426,19 @@ class _EventSeries:
     metrics: tuple[dict[str, float], ...]
     onsets: tuple[datetime, ...]
     tolerance: timedelta
+    floods: tuple[tuple[datetime, datetime], ...] = ()
+    window: tuple[datetime, datetime] | None = None
+    lead_window: timedelta = timedelta(0)
+    #: persistence's floods: when the observation of each flood's onset and end arrived
+    seen: tuple[tuple[datetime, datetime], ...] = ()
+
+    def verify(self, periods) -> Contingency:
+        return verify(periods, self.onsets, tolerance=self.tolerance, floods=self.floods,
+                      window=self.window, lead_window=self.lead_window)
+
+    def baseline(self, name: str) -> Contingency:
+        window = self.window or (self.times[0], self.times[-1])
+        return self.verify(baseline_periods(name, self.seen or self.floods, window, self.times))
 
 
 @dataclass(frozen=True)
@@ -381,11 +453,15 @@ class _ZoneInputs:
 
 def _zone_inputs(traces: Sequence[EventTrace], cfg: Config, zone: str) -> _ZoneInputs:
     zone_cfg = _zone_config(cfg, zone)
+    arrival = observation_arrival(cfg)
     events = []
     for trace in _verified(traces, cfg, zone):
         times, metrics = _series(trace, zone)
-        events.append(_EventSeries(times, metrics, tuple(trace.event.observed[zone]),
-                                   trace.event.tolerance))
+        ev = trace.event
+        floods = tuple(ev.floods(zone))
+        events.append(_EventSeries(times, metrics, tuple(ev.observed[zone]), ev.tolerance, floods,
+                                   (ev.start, ev.end), ev.lead_window,
+                                   tuple((arrival(t0), arrival(t1)) for t0, t1 in floods)))
     if not events:
         raise TuningError(f"no event observes zone {zone!r}: list it under [observed] in the "
                           "event files (with [] if it did not flood) to tune its thresholds")
@@ -393,15 +469,42 @@ def _zone_inputs(traces: Sequence[EventTrace], cfg: Config, zone: str) -> _ZoneI
                        tuple(events))
 
 
-def _score(inputs: _ZoneInputs, cand: Candidate, verified_level: str) -> CandidateScore:
+def observation_arrival(cfg: Config):
+    """When the observation of a moment arrives, as a function of time: the gauge
+    source's ``delay_minutes`` later, and for aggregates (``period_minutes``) not before
+    the period holding that moment has ended. Persistence can warn no earlier."""
+    src = cfg.sources.gauges
+    delay = timedelta(minutes=float(getattr(src, "delay_minutes", 0) or 0)) if src else timedelta(0)
+    period = getattr(src, "period_minutes", None) if src else None
+
+    def arrival(t: datetime) -> datetime:
+        if period:
+            step = timedelta(minutes=float(period))
+            epoch = datetime(1970, 1, 1, tzinfo=t.tzinfo)
+            k = math.ceil((t - epoch) / step)
+            t = epoch + k * step
+        return t + delay
+
+    return arrival
+
+
+def _baselines(inputs: _ZoneInputs) -> dict[str, tuple[Contingency, ...]]:
+    return {name: tuple(ev.baseline(name) for ev in inputs.events) for name in BASELINES}
+
+
+def _score(inputs: _ZoneInputs, cand: Candidate, verified_level: str,
+           baselines: Mapping[str, tuple[Contingency, ...]] | None = None) -> CandidateScore:
     levels = _with_value(inputs.levels, cand)
     rank = _level_spec(levels, cand.zone, verified_level).rank
-    total = Contingency()
+    per_event = []
     for ev in inputs.events:
         changes = _changes(ev.times, ev.metrics, levels, inputs.policy, inputs.zone)
-        total = total + verify(periods_from_levels(changes, rank), ev.onsets,
-                               tolerance=ev.tolerance)
-    return CandidateScore.from_contingency(cand, verified_level, len(inputs.events), total)
+        per_event.append(ev.verify(periods_from_levels(changes, rank)))
+    total = sum(per_event, Contingency())
+    return CandidateScore.from_contingency(
+        cand, verified_level, len(inputs.events), total, per_event=per_event,
+        event_starts=[ev.window[0] if ev.window else ev.times[0] for ev in inputs.events],
+        baselines=baselines if baselines is not None else _baselines(inputs))
 
 
 _WORKER_INPUTS: dict[str, _ZoneInputs] = {}
@@ -413,7 +516,7 @@ def _init_worker(inputs: dict[str, _ZoneInputs]) -> None:
 
 
 def _score_chunk(chunk: Sequence[tuple[Candidate, str]]) -> list[CandidateScore]:
-    return [_score(_WORKER_INPUTS[c.zone], c, lv) for c, lv in chunk]
+    return [_score(_WORKER_INPUTS[c.zone], c, lv) for c, lv in chunk]  # baselines per candidate
 
 
 def evaluate(
@@ -458,7 +561,8 @@ def evaluate(
     for c, lv in jobs:  # fail before any work on a level the zone lacks
         _level_spec(inputs[c.zone].levels, c.zone, lv)
     if workers == 1 or len(jobs) < 2:
-        return [_score(inputs[c.zone], c, lv) for c, lv in jobs]
+        base = {zone: _baselines(inp) for zone, inp in inputs.items()}
+        return [_score(inputs[c.zone], c, lv, base[c.zone]) for c, lv in jobs]
     size = chunk_size or max(1, math.ceil(len(jobs) / (workers * 4)))
     chunks = [jobs[i:i + size] for i in range(0, len(jobs), size)]
     log.debug("scoring %d candidates in %d chunks on %d processes", len(jobs), len(chunks), workers)
@@ -482,7 +586,8 @@ def by_criterion(scores: Iterable[CandidateScore]) -> dict[GroupKey, list[Candid
 
 # --------------------------------------------------------------------------- goals
 
-_OBJECTIVES = {"csi": "csi", "pod": "pod", "far": "far", "lead": "median_lead_min"}
+_OBJECTIVES = {"csi": "csi", "pod": "pod", "far": "far", "lead": "median_lead_min", "pss": "pss",
+               "hss": "hss"}
 _LEAD_NAMES = ("lead", "median_lead", "median_lead_min")
 _GOAL_EXAMPLE = "e.g. 'maximise csi; far <= 0.3; lead >= 60'"
 _OBJECTIVE_RE = re.compile(r"^(maximi[sz]e|minimi[sz]e)\s+([a-z_]+)$")
@@ -497,8 +602,11 @@ class Goal:
 
     Parameters
     ----------
-    objective : {"csi", "pod", "lead", "far"}
-        Maximised (``far`` is minimised); ``lead`` is the hits' median lead time.
+    objective : {"pss", "hss", "csi", "pod", "lead", "far"}
+        Maximised (``far`` is minimised): ``pss`` and ``hss`` are Peirce's and Heidke's
+        skill scores in time (the default: neither an always-on nor a never-on warning
+        can score above 0), ``csi``, ``pod`` and ``far`` event scores, ``lead`` the
+        forecast hits' median lead time.
     max_far : float, optional
         FAR at most this (0-1).
     min_pod : float, optional
@@ -507,7 +615,7 @@ class Goal:
         Median lead time of the hits at least this, minutes.
     """
 
-    objective: str = "csi"
+    objective: str = "pss"
     max_far: float | None = None
     min_pod: float | None = None
     min_median_lead_min: float | None = None
@@ -521,7 +629,7 @@ class Goal:
     def parse(cls, text: str) -> Goal:
         """Read a goal such as ``"maximise csi; far <= 0.3; lead >= 60"``.
 
-        Clauses are separated by ``;``: exactly one ``maximise csi|pod|lead`` (or
+        Clauses are separated by ``;``: exactly one ``maximise pss|hss|csi|pod|lead`` (or
         ``minimise far``; ``-ize`` spellings too) and any of ``far <= x``, ``pod >= x``
         (fractions, or percentages ``30%``) and ``lead >= x`` (minutes; ``x h`` for hours).
         """
@@ -538,7 +646,7 @@ class Goal:
                 verb, name = m.groups()
                 name = "lead" if name in _LEAD_NAMES else name
                 if name not in _OBJECTIVES:
-                    raise GoalError(f"{where}: cannot optimise {name!r}; choose csi, pod, lead "
+                    raise GoalError(f"{where}: cannot optimise {name!r}; choose pss, hss, csi, pod, lead "
                                     "(maximise) or far (minimise)")
                 if verb.startswith("maxi") and name == "far":
                     raise GoalError(f"{where}: maximising FAR rewards false alarms; "
@@ -617,62 +725,197 @@ def _fmt(v: float, digits: int = 2) -> str:
 
 def _describe(s: CandidateScore) -> str:
     c = s.candidate
+    return f"{c.zone} {c.level}: {c.metric} {c.op} {c.value:g} (now {c.current:g}): {_summary(s)}"
+
+
+def _summary(s: CandidateScore | Contingency) -> str:
+    """Scores in words: events, then time."""
+    if isinstance(s, Contingency):
+        s = CandidateScore.from_contingency(Candidate("", "", "", ">=", 0.0, 0.0), "", 0, s)
     lead = s.median_lead_min
-    return (f"{c.zone} {c.level}: {c.metric} {c.op} {c.value:g} (now {c.current:g}): "
-            f"CSI {_fmt(s.csi)}, POD {_fmt(s.pod)}, FAR {_fmt(s.far)}, "
-            f"median lead {'-' if math.isnan(lead) else f'{lead:.0f} min'} "
-            f"({s.hits} hits, {s.misses} misses, {s.false_alarms} false alarms "
-            f"over {s.events} events)")
+    parts = [f"{s.hits} in time ({s.forecast_hits} by forecast"
+             + (f", median lead {lead:.0f} min" if not math.isnan(lead) else "")
+             + (f"; {s.detections} only detected by observation" if s.detections else "") + ")",
+             f"{s.late} late", f"{s.misses} missed", f"{s.false_alarms} false"]
+    return (", ".join(parts) + f"; CSI {_fmt(s.csi)}, POD {_fmt(s.pod)}, FAR {_fmt(s.far)}; in time: "
+            f"PSS {_fmt(s.pss)}, HSS {_fmt(s.hss)}, {s.hours.b:.0f} h warned without flooding")
 
 
-def recommendation(scores: Sequence[CandidateScore], goal: Goal
-                   ) -> tuple[CandidateScore | None, str]:
-    """The best candidate for ``goal`` and why, or None and why not.
+@dataclass(frozen=True)
+class Assessment:
+    """What :func:`assess` found for one tuned criterion.
 
-    All scores must be for one criterion (use :func:`by_criterion` first). Candidates that
-    miss a constraint, or whose objective is undefined, are out. When the events observed
-    no flood at all, only false alarms can judge: the candidate closest to the configured
-    value among those without a false alarm is chosen. Among equally good ones
-    (objective equal to 1e-12) the one closest to the configured value wins (the smallest
-    change to a setting people know; distances equal to 1e-9 tie), then the more cautious
-    one: the threshold that warns more often (the lower one for ``>=``, the higher one for
-    ``<=``).
+    ``chosen`` is the recommendation (None: keep the configured threshold) and ``reason``
+    says why in words. ``in_sample`` is the best candidate on the events tuned on (None
+    when none qualified); ``out_of_sample`` the contingency of the tuning procedure on
+    events it did not tune on; ``baselines`` those of never/always/persistence on the
+    same events; ``refused`` the values refused as warning always or never.
+    """
+
+    chosen: CandidateScore | None
+    reason: str
+    in_sample: CandidateScore | None = None
+    out_of_sample: Contingency | None = None
+    baselines: Mapping[str, Contingency] = dataclass_field(default_factory=dict)
+    refused: Mapping[str, tuple[float, ...]] = dataclass_field(default_factory=dict)
+    validation: str = ""
+    current: CandidateScore | None = None
+
+    @property
+    def beats_baselines(self) -> bool:
+        return self.chosen is not None
+
+
+def _subset(s: CandidateScore, keep: Sequence[int]) -> CandidateScore:
+    per = [s.per_event[k] for k in keep]
+    base = {n: tuple(v[k] for k in keep) for n, v in s.baselines.items()}
+    return CandidateScore.from_contingency(s.candidate, s.verified_level, len(per), sum(per, Contingency()),
+                                           per_event=per, event_starts=[s.event_starts[k] for k in keep],
+                                           baselines=base)
+
+
+def _closest(cands: Sequence[CandidateScore]) -> CandidateScore:
+    # distances rounded so 0.45 and 0.55 are equally far from 0.50 despite binary floats
+    return min(cands, key=lambda s: (round(abs(s.candidate.value - s.candidate.current), 9),
+                                     s.candidate.cautious_key))
+
+
+def _pick(scores: Sequence[CandidateScore], goal: Goal
+          ) -> tuple[CandidateScore | None, str, dict[str, tuple[float, ...]]]:
+    """The best candidate on the events the scores cover, or None and why."""
+    c = scores[0].candidate
+    head = f"{c.zone} {c.level} {c.metric}"
+    events, floods = scores[0].events, scores[0].floods
+    refused = {kind: tuple(s.candidate.value for s in scores if s.trivial == kind) for kind in ("always", "never")}
+    if events < MIN_EVENTS or floods < MIN_FLOODS:
+        return None, (f"{head}: too few events to tune: {events} event(s) observe the zone, with "
+                      f"{floods} flood(s); at least {MIN_EVENTS} events and {MIN_FLOODS} floods are "
+                      "needed (add past storms, and dry spells, to the catalogue)"), refused
+    rest = [s for s in scores if s.trivial is None]
+    if not rest:
+        return None, f"{head}: no recommendation: every candidate warns always or never", refused
+    eligible = [s for s in rest if not goal.failures(s) and not math.isnan(goal.value(s))]
+    if not eligible:
+        return None, _why_none(rest, goal), refused
+    best = max(goal.value(s) for s in eligible)
+    tied = [s for s in eligible if goal.value(s) >= best - 1e-12]
+    chosen = _closest(tied)
+    among = (f"the {len(eligible)} of {len(rest)} candidates meeting '{goal}'"
+             if len(eligible) < len(rest) else f"all {len(rest)} candidates")
+    reason = f"best {goal.objective} of {among}"
+    if len(tied) > 1:
+        reason += f" ({len(tied)} tied: the one closest to the current value)"
+    return chosen, reason, refused
+
+
+def _refused_text(refused: Mapping[str, Sequence[float]]) -> str:
+    parts = []
+    for kind, values in refused.items():
+        if values:
+            span = f"{min(values):g}" if len(values) == 1 else f"{min(values):g} to {max(values):g}"
+            parts.append(f"{len(values)} value(s) ({span}) warn {kind} and were refused")
+    return "; ".join(parts)
+
+
+def assess(scores: Sequence[CandidateScore], goal: Goal, *, holdout_from: datetime | None = None
+           ) -> Assessment:
+    """Choose a threshold for ``goal`` and check it out of sample against the baselines.
+
+    1. A zone needs at least :data:`MIN_EVENTS` events and :data:`MIN_FLOODS` observed
+       floods; otherwise nothing is recommended ("too few events to tune").
+    2. Candidates that warn always (:data:`ALWAYS_SHARE` of the time or more) or never
+       are refused. Among the rest, those meeting the goal's constraints compete on its
+       objective; ties go to the value closest to the configured one, then to the more
+       cautious threshold (the one that warns more often).
+    3. Out of sample: by default leave-one-event-out (each event is scored with the
+       threshold chosen, as in 1-2, on the other events; when they are too few to tune,
+       the configured threshold stands, or no warning when it was not scored), or with ``holdout_from`` a split by date (tune on
+       events starting before it, score on the others; the recommendation is the
+       threshold chosen on the earlier events).
+    4. The threshold is recommended only when, out of sample, its Peirce skill in time
+       is above that of never and always warning (both 0 at best) and it warns in time
+       by a forecast for more floods than persistence does (which only detects, so
+       none): a threshold that cannot beat doing nothing, warning always, or reading the
+       gauge, is no improvement.
     """
     scores = list(scores)
     if not scores:
-        return None, "no candidates were scored"
+        return Assessment(None, "no candidates were scored")
     keys = {(*s.candidate.key, s.verified_level) for s in scores}
     if len(keys) > 1:
         raise TuningError("recommend() picks one threshold, but the scores cover "
                           f"{len(keys)} criteria; group them with by_criterion() first")
-    def closest(cands: Sequence[CandidateScore]) -> CandidateScore:
-        # distances rounded so 0.45 and 0.55 are equally far from 0.50 despite binary floats
-        return min(cands, key=lambda s: (round(abs(s.candidate.value - s.candidate.current), 9),
-                                         s.candidate.cautious_key))
+    c = scores[0].candidate
+    head = f"{c.zone} {c.level} {c.metric}"
+    current = next((s for s in scores if s.candidate.value == s.candidate.current), None)
+    n = len(scores[0].per_event)
+    if n == 0:  # scores made by hand, without events: only the in-sample choice exists
+        chosen, why, refused = _pick(scores, goal)
+        return Assessment(chosen, f"{_describe(chosen)}; {why}" if chosen else why, chosen,
+                          refused=refused, current=current)
+    if holdout_from is not None:
+        train = [k for k in range(n) if scores[0].event_starts[k] < holdout_from]
+        test = [k for k in range(n) if k not in train]
+        if not test:
+            raise TuningError(f"no event starts on or after {holdout_from:%Y-%m-%d %H:%M}Z to check on")
+        chosen, why, refused = _pick([_subset(s, train) for s in scores], goal)
+        pick = chosen.candidate.value if chosen is not None else c.current
+        held = next((s for s in scores if s.candidate.value == pick), None)
+        oos = sum(((held.per_event[k] if held is not None else scores[0].baselines["never"][k]) for k in test),
+                  Contingency())
+        validation = (f"split by date: tuned on the {len(train)} events before "
+                      f"{holdout_from:%Y-%m-%d}, checked on the {len(test)} from then on")
+        in_sample = chosen
+        if chosen is not None:
+            chosen = next(s for s in scores if s.candidate.value == pick)
+    else:
+        test = list(range(n))
+        in_sample, why, refused = _pick(scores, goal)
+        oos = Contingency()
+        for k in range(n):
+            rest = [j for j in range(n) if j != k]
+            fold, _, _ = _pick([_subset(s, rest) for s in scores], goal) if rest else (None, "", {})
+            if fold is not None:
+                oos = oos + next(s for s in scores if s.candidate.value == fold.candidate.value).per_event[k]
+            elif current is not None:  # nothing to tune on: the configured threshold stands
+                oos = oos + current.per_event[k]
+            else:  # ... and when it was not scored, no warning on this criterion
+                oos = oos + scores[0].baselines["never"][k]
+        validation = f"leave-one-event-out over {n} events"
+        chosen = in_sample
+    base = {name: sum((v[k] for k in test), Contingency()) for name, v in scores[0].baselines.items()}
+    out = dict(in_sample=in_sample, out_of_sample=oos, baselines=base, refused=refused,
+               validation=validation, current=current)
+    refused_note = _refused_text(refused)
+    if chosen is None:
+        return Assessment(None, why + (f"; {refused_note}" if refused_note else ""), **out)
+    oos_sc = verification_scores(oos)
+    trivial_best = max((verification_scores(b)["pss_time"] for n_, b in base.items() if n_ in ("never", "always")
+                        and not math.isnan(verification_scores(b)["pss_time"])), default=0.0)
+    persistence_hits = base["persistence"].forecast_hits if "persistence" in base else 0
+    failures = []
+    if not oos_sc["pss_time"] > trivial_best:
+        failures.append(f"its Peirce skill in time out of sample is {_fmt(oos_sc['pss_time'])}, not above "
+                        f"never/always warning ({_fmt(trivial_best)})")
+    if not oos.forecast_hits > persistence_hits:
+        failures.append(f"out of sample it warned no more floods in time by a forecast "
+                        f"({oos.forecast_hits} of {oos.floods}) than persistence of the observation "
+                        f"({persistence_hits}), which only detects floods")
+    text = f"{_describe(chosen)}; {why}; out of sample ({validation}): {_summary(oos)}"
+    if refused_note:
+        text += f"; {refused_note}"
+    if failures:
+        return Assessment(None, f"{head}: no recommendation: the best candidate, {chosen.candidate.value:g}, "
+                          f"does not beat the baselines: " + "; ".join(failures) + f" [{text}]", **out)
+    return Assessment(chosen, text, **out)
 
-    if all(s.hits + s.misses == 0 for s in scores):
-        # no flood observed in the catalogue: POD and CSI cannot judge, false alarms can.
-        # A threshold that never warns is not "CSI undefined, so worse than CSI 0"
-        clean = [s for s in scores if s.false_alarms == 0]
-        c = scores[0].candidate
-        if not clean:
-            return None, (f"{c.zone} {c.level} {c.metric}: no recommendation: no flood observed in "
-                          "these events and every candidate warned falsely")
-        chosen = closest(clean)
-        return chosen, (f"{_describe(chosen)}; no flood observed in these events, so only false "
-                        f"alarms count: the closest of the {len(clean)} candidates without any")
-    eligible = [s for s in scores if not goal.failures(s) and not math.isnan(goal.value(s))]
-    if not eligible:
-        return None, _why_none(scores, goal)
-    best = max(goal.value(s) for s in eligible)
-    tied = [s for s in eligible if goal.value(s) >= best - 1e-12]
-    chosen = closest(tied)
-    among = (f"the {len(eligible)} of {len(scores)} candidates meeting '{goal}'"
-             if len(eligible) < len(scores) else f"all {len(scores)} candidates")
-    reason = f"{_describe(chosen)}; best {goal.objective} of {among}"
-    if len(tied) > 1:
-        reason += f" ({len(tied)} tied: the one closest to the current value)"
-    return chosen, reason
+
+def recommendation(scores: Sequence[CandidateScore], goal: Goal, *, holdout_from: datetime | None = None
+                   ) -> tuple[CandidateScore | None, str]:
+    """The best candidate for ``goal`` that beats the baselines out of sample, and why;
+    or None and why not (see :func:`assess` for the rules)."""
+    a = assess(scores, goal, holdout_from=holdout_from)
+    return a.chosen, a.reason
 
 
 def _why_none(scores: Sequence[CandidateScore], goal: Goal) -> str:
@@ -702,10 +945,11 @@ def _why_none(scores: Sequence[CandidateScore], goal: Goal) -> str:
     return f"{c.zone} {c.level} {c.metric}: no recommendation: " + "; ".join(parts)
 
 
-def recommend(scores: Sequence[CandidateScore], goal: Goal) -> CandidateScore | None:
-    """The best candidate for ``goal`` (see :func:`recommendation` for the rules and ties),
-    or None when none meets the constraints; the reason is logged either way."""
-    chosen, reason = recommendation(scores, goal)
+def recommend(scores: Sequence[CandidateScore], goal: Goal, *, holdout_from: datetime | None = None
+              ) -> CandidateScore | None:
+    """The best candidate for ``goal`` (see :func:`assess` for the rules and ties), or None
+    when none qualifies; the reason is logged either way."""
+    chosen, reason = recommendation(scores, goal, holdout_from=holdout_from)
     (log.info if chosen is not None else log.warning)("%s", reason)
     return chosen
 
@@ -842,7 +1086,12 @@ def scores_table(scores: Iterable[CandidateScore]) -> list[dict[str, Any]]:
             "metric": c.metric, "op": c.op, "value": c.value, "current": c.current,
             "verified_level": s.verified_level, "events": s.events, "hits": s.hits,
             "misses": s.misses, "false_alarms": s.false_alarms,
+            "late": s.late, "detections": s.detections, "forecast_hits": s.forecast_hits,
             "pod": num(s.pod), "far": num(s.far), "csi": num(s.csi),
+            "hours_warned_flooded": s.hours.a, "hours_warned_dry": s.hours.b,
+            "hours_flooded_unwarned": s.hours.c, "hours_quiet": s.hours.d,
+            "pss": num(s.pss), "hss": num(s.hss), "csi_time": num(s.csi_time),
+            "warned_share": num(s.warned_share), "warns": s.trivial or "",
             **{f"lead_{k}_min": num(v) for k, v in lead.items()},
         })
     return rows

@@ -25,6 +25,7 @@ from warning.config import load_config
 from warning.events import CycleTrace, Event, EventTrace
 from warning.tuning import (
     Candidate,
+    assess,
     CandidateScore,
     Goal,
     GoalError,
@@ -53,16 +54,16 @@ def cfg():
 
 
 def trace(name, series, onsets=None, *, zone="HILLTOP", metric=DEPTH, observed=True,
-          zones=(), tolerance=60, extra=None):
+          zones=(), tolerance=60, extra=None, t0=T0):
     """An EventTrace with hourly cycles from T0; ``series`` gives ``metric`` per cycle,
     ``onsets`` the observed onsets (hours after T0) of ``zone`` (omitted: not observed)."""
     cycles = []
     for k, v in enumerate(series):
         metrics = {metric: v, **((extra or {}).get(k, {}))}
-        cycles.append(CycleTrace(at=T0 + k * H, run_id=f"{name}-{k}", forecast_file="",
+        cycles.append(CycleTrace(at=t0 + k * H, run_id=f"{name}-{k}", forecast_file="",
                                  metrics={zone: metrics}))
-    observed = {zone: [T0 + h * H for h in (onsets or [])]} if observed else {}
-    event = Event(name=name, start=T0, end=T0 + len(series) * H, observed=observed,
+    observed = {zone: [t0 + h * H for h in (onsets or [])]} if observed else {}
+    event = Event(name=name, start=t0, end=t0 + len(series) * H, observed=observed,
                   zones=list(zones), tolerance_minutes=tolerance)
     return EventTrace(event=event, cycles=cycles)
 
@@ -79,8 +80,8 @@ EVENT_B = [0.10, 0.30, 0.52, 0.60, 0.45, 0.20, 0.10, 0.05, 0.05, 0.05, 0.05, 0.0
 # C: 0.50: raise 2 at 03 (0.58), 04 0.50 still met, cleared at 07: onset 04:00 a hit, lead
 #    60 min. 0.65: never warned: a miss.
 EVENT_C = [0.10, 0.20, 0.40, 0.58, 0.50, 0.30, 0.10, 0.05, 0.05, 0.05, 0.05, 0.05]
-# D: onset 02:30, tolerance 60 min. 0.50: warned at 03 (0.55), 30 min late: a hit, lead
-#    -30 min (period 03-07). 0.65: warned at 04 (0.70), 90 min late: a miss, and the period
+# D: onset 02:30, tolerance 60 min. 0.50: warned at 03 (0.55), 30 min late: a late
+#    detection, never a hit (period 03-07), nor a false alarm. 0.65: warned at 04 (0.70), 90 min late: a miss, and the period
 #    04-08 covers no onset: a false alarm.
 EVENT_D = [0.10, 0.20, 0.30, 0.55, 0.70, 0.60, 0.30, 0.20, 0.10, 0.05, 0.05, 0.05]
 
@@ -110,13 +111,13 @@ def test_hand_made_catalogue_counts_scores_and_lead_times(cfg):
         (0.50, 0.50, DEPTH, ">="), (0.65, 0.50, DEPTH, ">=")]
     at_050, at_065 = evaluate(traces, cfg, cands)
 
-    # 0.50: hits A, C, D; false alarm B: POD 3/3, FAR 1/4, CSI 3/4; leads -30, 60, 120 min:
-    # quartiles (linear) q1 = -30 + 0.5 * 90 = 15, q3 = 60 + 0.5 * 60 = 90
+    # 0.50: hits A, C; D late; false alarm B: POD 2/3, FAR 1/3, CSI 2/4; leads 60, 120 min:
+    # quartiles (linear) q1 = 60 + 0.25 * 60 = 75, q3 = 60 + 0.75 * 60 = 105
     assert at_050.events == 4
-    assert (at_050.hits, at_050.misses, at_050.false_alarms) == (3, 0, 1)
-    assert (at_050.pod, at_050.far, at_050.csi) == (1.0, 0.25, 0.75)
-    assert at_050.lead_times_min == (-30.0, 60.0, 120.0)
-    assert at_050.lead_summary() == {"min": -30.0, "q1": 15.0, "median": 60.0, "q3": 90.0,
+    assert (at_050.hits, at_050.late, at_050.misses, at_050.false_alarms) == (2, 1, 0, 1)
+    assert (at_050.pod, at_050.far, at_050.csi) == (pytest.approx(2 / 3), pytest.approx(1 / 3), 0.5)
+    assert at_050.lead_times_min == (60.0, 120.0)
+    assert at_050.lead_summary() == {"min": 60.0, "q1": 75.0, "median": 90.0, "q3": 105.0,
                                      "max": 120.0}
     # 0.65: hit A (60 min); misses C, D; false alarm D: POD 1/3, FAR 1/2, CSI 1/4
     assert (at_065.hits, at_065.misses, at_065.false_alarms) == (1, 2, 1)
@@ -127,14 +128,16 @@ def test_hand_made_catalogue_counts_scores_and_lead_times(cfg):
 def test_only_the_tuned_criterion_changes(cfg):
     # MB-TOWN warning: any of [forecast_peak_depth_m >= 0.50, observed_stage_m >= 2.5].
     # Tuning the depth to 0.90 leaves the observed-stage criterion in force: the stage of
-    # 2.6 m at 03:00 raises the warning at once (escalate_on_observed), a hit 60 min early.
+    # 2.6 m at 03:00 raises the warning at once (escalate_on_observed), 60 min early: an
+    # in-time hit, but raised by the gauge alone, so a detection, not a forecast lead.
     stage = {3: {"observed_stage_m": 2.6}, 4: {"observed_stage_m": 2.6}}
     t = trace("stage", [0.1, 0.2, 0.3, 0.4, 0.4, 0.3, 0.1, 0.05, 0.05], [4], zone="MB-TOWN",
               extra=stage)
     (cand,) = candidate_grid([t], cfg, "MB-TOWN", "warning", values=[0.90], include_current=False)
     assert (cand.metric, cand.criterion_index, cand.current) == (DEPTH, 0, 0.50)
     (score,) = evaluate([t], cfg, [cand])
-    assert (score.hits, score.misses, score.false_alarms, score.lead_times_min) == (1, 0, 0, (60.0,))
+    assert (score.hits, score.misses, score.false_alarms, score.lead_times_min) == (1, 0, 0, ())
+    assert (score.detections, score.forecast_hits, score.detection_leads_min) == (1, 0, (60.0,))
     # ... and the observed criterion can itself be tuned, by name
     (obs,) = candidate_grid([t], cfg, "MB-TOWN", "warning", "observed_stage_m", values=[2.7],
                             include_current=False)
@@ -273,19 +276,19 @@ def test_no_recommendation_says_why(ladder):
 def _score(value, current, hits, misses, false_alarms, op=">="):
     cand = Candidate("HILLTOP", "warning", DEPTH, op, value, current)
     c = Contingency(hits, misses, false_alarms, [timedelta(minutes=60)] * hits)
-    return CandidateScore.from_contingency(cand, "warning", 1, c)
+    return CandidateScore.from_contingency(cand, "warning", 4, c)
 
 
 def test_ties_prefer_the_current_value_then_the_cautious_threshold():
     # same CSI (2/4) at 0.45 and 0.55, both 0.05 from the current 0.50: the lower one
     # warns more often under '>=' ...
     pair = [_score(0.45, 0.50, 2, 1, 1), _score(0.55, 0.50, 2, 2, 0)]
-    assert recommend(pair, Goal()).candidate.value == 0.45
+    assert recommend(pair, Goal("csi")).candidate.value == 0.45
     # ... the higher one under '<='
     pair = [_score(0.45, 0.50, 2, 1, 1, "<="), _score(0.55, 0.50, 2, 2, 0, "<=")]
-    assert recommend(pair, Goal()).candidate.value == 0.55
+    assert recommend(pair, Goal("csi")).candidate.value == 0.55
     # an undefined objective is never chosen: without a hit there is no lead time
-    pair = [_score(0.9, 0.5, 0, 1, 0), _score(0.4, 0.5, 1, 0, 0)]
+    pair = [_score(0.9, 0.5, 0, 2, 0), _score(0.4, 0.5, 2, 0, 0)]
     assert math.isnan(pair[0].median_lead_min)
     assert recommend(pair, Goal("lead")).candidate.value == 0.4
     assert recommend(pair[:1], Goal("lead")) is None
@@ -420,15 +423,86 @@ def test_plot_is_a_png_and_table_is_json(tmp_path, cfg, ladder):
     assert not any(isinstance(v, float) and math.isnan(v) for r in rows for v in r.values())
 
 
-def test_a_dry_zone_keeps_a_threshold_that_never_warned():
-    """No flood observed anywhere: a threshold that warns (CSI 0, all false alarms) must not
-    beat one that stayed silent (CSI undefined, no false alarm)."""
+def test_too_few_events_or_floods_say_so_plainly():
+    """No flood observed anywhere, or too few events: nothing to tune on, and the tuner says
+    so instead of picking a threshold (once 'the closest one that never warned')."""
     c0 = Candidate(zone="HILLTOP", level="warning", metric="forecast_peak_depth_m", op=">=", value=0.0,
                    current=0.5)
     c1 = dataclasses.replace(c0, value=0.5)
-    noisy = CandidateScore.from_contingency(c0, "warning", 2, Contingency(0, 0, 2))
-    quiet = CandidateScore.from_contingency(c1, "warning", 2, Contingency(0, 0, 0))
+    noisy = CandidateScore.from_contingency(c0, "warning", 5, Contingency(0, 0, 2))
+    quiet = CandidateScore.from_contingency(c1, "warning", 5, Contingency(0, 0, 0))
     chosen, why = recommendation([noisy, quiet], Goal.parse("maximise csi"))
-    assert chosen is quiet and "no flood observed" in why
-    chosen, why = recommendation([noisy], Goal.parse("maximise csi"))
-    assert chosen is None and "warned falsely" in why
+    assert chosen is None and "too few events to tune" in why and "0 flood(s)" in why
+    few = CandidateScore.from_contingency(c1, "warning", 2, Contingency(2, 0, 0, [H, H]))
+    chosen, why = recommendation([few], Goal.parse("maximise csi"))
+    assert chosen is None and "2 event(s)" in why and "at least 3 events" in why
+
+
+def ladder_traces(days_apart=0):
+    return [trace(f"p{p}", [max(0.05, p * b) if b > 0.1 else b for b in BUMP], [4] if wet else [],
+                  t0=T0 + k * days_apart * 24 * H) for k, (p, wet) in enumerate(PEAKS)]
+
+
+def test_always_warning_is_refused_and_scores_nothing_in_time(cfg):
+    traces = ladder_traces()
+    cands = candidate_grid(traces, cfg, "HILLTOP", "warning", values=[0.0, 0.35])
+    scored = {s.candidate.value: s for s in evaluate(traces, cfg, cands)}
+    always = scored[0.0]
+    # by events alone 0.0 m is 'perfect' on the wet events: every onset covered in time
+    assert (always.hits, always.misses) == (4, 0)
+    # but it warns all the time: 6 events x 12 h, never lowered; Peirce 0
+    assert always.trivial == "always" and always.warned_share == 1.0 and always.pss == 0.0
+    assert always.hours.d == 0.0 and always.hours.b > 0
+    a = assess(list(scored.values()), Goal.parse("maximise csi"))
+    assert a.chosen is not None and a.chosen.candidate.value == 0.35
+    assert a.refused["always"] == (0.0,) and "warn always and were refused" in a.reason
+    # only the always-on value left: nothing is recommended
+    a = assess([always], Goal.parse("maximise csi"))
+    assert a.chosen is None and "every candidate warns always or never" in a.reason
+
+
+def test_leave_one_event_out_scores_what_tuning_would_have_done(ladder):
+    # worked by hand in the module notes of the ladder: holding out each event in turn and
+    # choosing on the other five (maximise csi) picks 0.35 for every fold but the one
+    # without the 0.40 event, which picks 0.50 (CSI 1 on the rest) and then misses it;
+    # the 0.48 dry event is a false alarm of 0.35. Out of sample: 3 hits, 1 miss, 1 false
+    # alarm (CSI 0.6), against 0.8 in sample.
+    a = assess(list(ladder.values()), Goal.parse("maximise csi"))
+    assert a.in_sample.candidate.value == 0.35 and a.in_sample.csi == 0.8
+    oos = a.out_of_sample
+    assert (oos.hits, oos.late, oos.misses, oos.false_alarms) == (3, 0, 1, 1)
+    assert "leave-one-event-out over 6 events" in a.validation
+    assert a.chosen is not None and a.chosen.candidate.value == 0.35
+    # baselines on the same events: never warns (4 misses), always covers all (2 false
+    # alarms: the dry events), persistence only detects (no forecast hit)
+    assert (a.baselines["never"].misses, a.baselines["always"].false_alarms) == (4, 2)
+    assert a.baselines["persistence"].forecast_hits == 0
+
+
+def test_split_by_date_tunes_on_the_early_events_and_checks_on_the_late(cfg):
+    traces = ladder_traces(days_apart=1)  # one event a day from T0
+    cands = candidate_grid(traces, cfg, "HILLTOP", "warning",
+                           values=[0.25, 0.35, 0.45, 0.55, 0.70, 0.85])
+    scored = evaluate(traces, cfg, cands)
+    # tuned on the first four days (peaks 0.30 dry, 0.40 wet, 0.48 dry, 0.60 wet): CSI
+    # 0.25 -> 2/4, 0.35 -> 2/3, 0.45 -> 1/3, 0.50 -> 1/2: 0.35; checked on the 0.75 and
+    # 0.90 events: two hits
+    a = assess(scored, Goal.parse("maximise csi"), holdout_from=T0 + 4 * 24 * H)
+    assert a.chosen.candidate.value == 0.35
+    assert (a.out_of_sample.hits, a.out_of_sample.misses, a.out_of_sample.false_alarms) == (2, 0, 0)
+    assert "tuned on the 4 events before" in a.validation and "the 2 from then on" in a.validation
+    with pytest.raises(TuningError, match="no event starts on or after"):
+        assess(scored, Goal.parse("maximise csi"), holdout_from=T0 + 30 * 24 * H)
+
+
+def test_a_threshold_that_only_warns_late_is_not_recommended(cfg):
+    # the depth forecast rises only after the water came (onset 01:00, depth 0.10 m then):
+    # every warning is late; persistence does as well, so nothing beats it
+    traces = [trace(f"late{k}", [max(0.05, p * b) if b > 0.1 else b for b in BUMP], [1] if p > 0.5 else [])
+              for k, p in enumerate([0.3, 0.6, 0.75, 0.9])]
+    cands = candidate_grid(traces, cfg, "HILLTOP", "warning", values=[0.45, 0.55, 0.7])
+    scored = evaluate(traces, cfg, cands)
+    assert all(s.hits == 0 for s in scored)
+    a = assess(scored, Goal.parse("maximise csi"))
+    assert a.chosen is None and "does not beat the baselines" in a.reason
+    assert "than persistence of the observation" in a.reason
