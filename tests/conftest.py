@@ -44,6 +44,31 @@ def shared_path(*parts: str) -> Path:
     return p
 
 
+def prepared_demo_site(folder: Path):
+    """The demo site's config written into ``folder`` (outputs there too), its terrain
+    prepared: ``(folder, config)``, for module fixtures that replay it."""
+    import re
+
+    from warning.config import load_config
+    from warning.site import Site
+
+    text = re.sub(r'output_dir = "[^"]*"', f'output_dir = "{folder / "out"}"', demo_config_text())
+    (folder / "site.toml").write_text(text)
+    cfg = load_config(folder / "site.toml")
+    Site.load(cfg).prepare()
+    return folder, cfg
+
+
+def hupsel_config(folder: Path):
+    """The Hupsel gauge site's config with its outputs in ``folder`` (skips without the
+    shared record)."""
+    from warning.config import load_config
+
+    shared_path("data", "storms", "hupsel_hourly", "PEQ_Hupsel.dat")
+    cfg = load_config(REPO / "sites" / "hupsel" / "site.toml")
+    return cfg.model_copy(update={"site": cfg.site.model_copy(update={"output_dir": folder / "out"})})
+
+
 class Clock:
     """A clock the test sets by hand: ``clock.t = ...``; calling it returns ``t``."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import threading
 from datetime import timedelta
@@ -142,29 +143,47 @@ def replay(event_file: Annotated[Path, typer.Argument(help="event file (TOML) de
 
 
 def _print_levels(res) -> None:
-    from .verification import periods_from_levels, scores, verify
+    from alerts.levels import raised_by
 
-    cfg = res.config
+    from .tuning import observation_arrival
+    from .verification import BASELINES, baseline_periods, periods_from_levels, scores, verify
+
+    cfg, ev = res.config, res.event
     table = Table("zone", "level changes (simulated time)", "verification", title="warnings")
-    ranks = {lv.name: r for r, lv in enumerate(cfg.levels, start=1)}
     changes: dict[str, list] = {z.code: [] for z in cfg.zones}
     for c in res.trace.cycles:
         for d in c.decisions:
             if d["action"] in ("raise", "lower", "all_clear"):
-                changes[d["zone"]].append((c.at, d["level"], d["level_name"]))
-    verified = set(res.event.verified_zones(cfg))
+                changes[d["zone"]].append((c.at, d["level"], d["level_name"], int(d.get("previous") or 0),
+                                           c.metrics.get(d["zone"], {})))
+    verified = set(ev.verified_zones(cfg))
+    cycles = [c.at for c in res.trace.cycles]
+    arrival = observation_arrival(cfg)
+    window = (ev.start, ev.end)
     for zone, ch in changes.items():
-        text = "; ".join(f"{t:%d %H:%M} {name}" for t, _lvl, name in ch) or "no warning"
+        text = "; ".join(f"{t:%d %H:%M} {name}" for t, _lvl, name, _p, _m in ch) or "no warning"
         ver = ""
         if zone in verified:
+            specs = cfg.level_specs(next(z for z in cfg.zones if z.code == zone))
+            floods = ev.floods(zone)
+            seen = [(arrival(a), arrival(b)) for a, b in floods]
+            kw = dict(tolerance=ev.tolerance, floods=floods, window=window, lead_window=ev.lead_window)
             parts = []
-            for name, rank in ranks.items():
-                c = verify(periods_from_levels([(t, lvl) for t, lvl, _ in ch], rank), res.event.observed[zone],
-                           tolerance=res.event.tolerance)
-                if c.hits or c.misses or c.false_alarms:
-                    s = scores(c)
-                    lead = f", lead {_fmt_lead(s['median_lead_min'])}" if c.hits else ""
-                    parts.append(f"{name}: {c.hits} hit, {c.misses} miss, {c.false_alarms} false{lead}")
+            for spec in specs:
+                marked = [(t, lvl, raised_by(specs, m, max(spec.rank, prev + 1), lvl) if lvl > prev else "none")
+                          for t, lvl, _n, prev, m in ch]
+                c = verify(periods_from_levels(marked, spec.rank), ev.observed[zone], **kw)
+                if not (c.hits or c.late or c.misses or c.false_alarms):
+                    continue
+                s = scores(c)
+                lead = f", lead {_fmt_lead(s['median_lead_min'])}" if c.lead_times else ""
+                det = f", {c.detections} detected by observation" if c.detections else ""
+                base = " ".join(
+                    f"{n} {_num(scores(verify(baseline_periods(n, seen, window, cycles), ev.observed[zone], **kw))['pss_time'])}"
+                    for n in BASELINES)
+                parts.append(f"{spec.name}: {c.forecast_hits} in time by forecast{lead}{det}, {c.late} late, "
+                             f"{c.misses} missed, {c.false_alarms} false; PSS {_num(s['pss_time'])} "
+                             f"(baselines {base})")
             ver = "\n".join(parts) or "dry, no warning: correct"
         table.add_row(zone, text, ver)
     console.print(table)
@@ -188,8 +207,13 @@ def _replay_event(config_path: str, event_path: str, out_dir: str, step_minutes:
 @_friendly
 def tune(config: ConfigOpt,
          events: Annotated[Path, typer.Option(help="folder of event files (*.toml) with observed flood onsets")],
-         goal: Annotated[str, typer.Option(help="what to optimise, e.g. 'maximise csi; far <= 0.3; lead >= 60' "
-                                                "(lead: median lead time, minutes)")] = "maximise csi",
+         goal: Annotated[str, typer.Option(help="what to optimise, e.g. 'maximise pss; far <= 0.3; lead >= 60' "
+                                                "(pss/hss: Peirce/Heidke skill in time; csi, pod, far: by "
+                                                "event; lead: median forecast lead, minutes)")]
+         = "maximise pss",
+         holdout_from: Annotated[str | None, typer.Option(
+             help="check out of sample by date: tune on events starting before this date (e.g. 2012-06-01), "
+                  "check on the rest (default: leave one event out)")] = None,
          zone: Annotated[list[str], typer.Option("--zone", "-z", help="zone to tune (repeat); default every "
                                                                      "zone the events observe")] = [],
          level: Annotated[list[str], typer.Option("--level", "-l", help="level to tune (repeat); default "
@@ -208,11 +232,14 @@ def tune(config: ConfigOpt,
          = False,
          verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
     """Replay a catalogue of past storms once, score a grid of candidate thresholds per
-    zone and level (POD, FAR, CSI, lead times), and recommend thresholds for a goal.
+    zone and level (by event and in time, beside never/always/persistence), and
+    recommend thresholds for a goal that beat those baselines out of sample.
 
     The models do not depend on thresholds, so each event is replayed once and the
-    level decisions are re-run for every candidate. Prints the recommended changes as a
-    diff of the config file; writes nothing to it unless --write is given."""
+    level decisions are re-run for every candidate. Thresholds that warn always or never
+    are refused; each choice is checked on events it was not tuned on (leave one event
+    out, or --holdout-from a date). Prints the recommended changes as a diff of the
+    config file; writes nothing to it unless --write is given."""
     import json
     import multiprocessing
     import time
@@ -220,13 +247,23 @@ def tune(config: ConfigOpt,
 
     from .config import load_config
     from .events import load_events
-    from .tuning import (Goal, TuningError, apply_changes, by_criterion, candidate_grid, config_diff, evaluate,
-                         pod_far_plot, recommendation, scores_table)
+    from .tuning import (Goal, TuningError, apply_changes, assess, by_criterion, candidate_grid, config_diff,
+                         evaluate, pod_far_plot, scores_table)
+    from .verification import scores as event_scores
 
     _setup_logging(verbose)
     if workers < 1:
         raise typer.BadParameter("--workers must be at least 1")
     cfg = load_config(config)
+    split = None
+    if holdout_from:
+        from datetime import UTC, datetime
+
+        try:
+            split = datetime.fromisoformat(holdout_from.replace("Z", "+00:00"))
+        except ValueError:
+            raise typer.BadParameter(f"--holdout-from: not a date: {holdout_from!r} (e.g. 2012-06-01)") from None
+        split = split if split.tzinfo else split.replace(tzinfo=UTC)
     with _demo_key(cfg):
         wanted = Goal.parse(goal)
         catalog = load_events(events, cfg)
@@ -274,34 +311,58 @@ def tune(config: ConfigOpt,
                     skipped.append(f"{z} {lv}: {exc}")
                 bar.advance(score_task)
         t_score = time.perf_counter() - t0 - t_replay
-        table = Table("zone", "level", "criterion", "now: POD FAR CSI lead", "recommended", "then: POD FAR CSI lead",
-                      title=f"thresholds for: {wanted}")
-        chosen, notes = [], []
+        table = Table("zone", "level", "criterion", "now, in sample", "recommended", "out of sample",
+                      "baselines: never / always / persistence", title=f"thresholds for: {wanted}")
+        chosen, notes, verdicts = [], [], []
 
-        def fmt(s) -> str:
-            vals = [s.pod, s.far, s.csi]
-            text = " ".join("-" if v != v else f"{v:.2f}" for v in vals)
-            lead = s.median_lead_min
-            return text + (f" {_fmt_lead(lead)}" if lead == lead else " -")
+        def fmt(c) -> str:
+            """A contingency in a manager's words: in time / late / missed / false, lead, skill."""
+            sc = event_scores(c)
+            lead = sc["median_lead_min"]
+            text = (f"{c.hits} in time ({c.forecast_hits} forecast"
+                    + (f", lead {_fmt_lead(lead)}" if not math.isnan(lead) else "")
+                    + (f"; {c.detections} detected" if c.detections else "")
+                    + f"), {c.late} late, {c.misses} missed, {c.false_alarms} false")
+            pss = sc["pss_time"]
+            return text + (f"; PSS {pss:.2f}, {c.hours.b:.0f} h warned dry" if not math.isnan(pss) else "")
+
+        def total(s):
+            from .verification import Contingency
+
+            return sum(s.per_event, Contingency())
 
         for key, rows in by_criterion(all_scores).items():
             z, lv, _idx, met, op, _ver = key
-            current = next((s for s in rows if s.candidate.value == s.candidate.current), None)
-            best, why = recommendation(rows, wanted)
-            if best is None:
-                table.add_row(z, lv, f"{met} {op}", fmt(current) if current else "-", "none", why)
-                continue
-            if best.candidate.value != best.candidate.current:
-                chosen.append(best)
-            table.add_row(z, lv, f"{met} {op} {best.candidate.current:g}", fmt(current) if current else "-",
-                          f"{best.candidate.value:g}", fmt(best))
-            notes.append(why)
+            a = assess(rows, wanted, holdout_from=split)
+            verdicts.append((key, a))
+            base = " / ".join(_pss_text(a.baselines[n]) for n in ("never", "always", "persistence")
+                              if n in a.baselines) or "-"
+            now = fmt(total(a.current)) if a.current is not None else "-"
+            oos = fmt(a.out_of_sample) if a.out_of_sample is not None else "-"
+            if a.chosen is None:
+                table.add_row(z, lv, f"{met} {op}", now, "none", oos, base)
+            else:
+                if a.chosen.candidate.value != a.chosen.candidate.current:
+                    chosen.append(a.chosen)
+                table.add_row(z, lv, f"{met} {op} {a.chosen.candidate.current:g}", now,
+                              f"{a.chosen.candidate.value:g}", oos, base)
+            notes.append(a.reason)
         console.print(table)
+        console.print("in time: a warning raised before the flood by a forecast; detected: raised by an observation; "
+                      "PSS: Peirce skill in hours warned and flooded (0 = no skill); baselines: never warn, always "
+                      "warn, persistence (warn while flooding is observed)")
+        for why in notes:
+            console.print(f"- {why}", markup=False, highlight=False)
+        for line in _detect_only(cfg, zones, level):
+            console.print(f"- {line}", markup=False, highlight=False)
         for s in skipped:
             console.print(f"[yellow]skipped[/] {s}")
         rows = scores_table(all_scores)
-        (out_dir / "scores.json").write_text(json.dumps({"goal": str(wanted), "events": [str(e.file) for e in catalog],
-                                                         "scores": rows}, indent=1))
+        (out_dir / "scores.json").write_text(json.dumps(
+            {"goal": str(wanted), "events": [str(e.file) for e in catalog],
+             "validation": "leave-one-event-out" if split is None else f"split by date at {split.isoformat()}",
+             "recommendations": [_verdict_json(key, a) for key, a in verdicts],
+             "scores": rows}, indent=1, allow_nan=False))
         if rows:  # the same table for a spreadsheet: one row per candidate, lead-time quartiles
             import csv
 
@@ -315,8 +376,63 @@ def tune(config: ConfigOpt,
         console.print(f"scores of every candidate (POD, FAR, CSI, lead-time quartiles): "
                       f"{out_dir / 'scores.json'} and scores.csv" + (f"\nPOD-FAR plot: {plot}" if plot else ""))
         if not chosen:
-            console.print("the configured thresholds are already the best for this goal: nothing to change")
+            console.print("nothing to change: no threshold other than the configured ones beats the baselines "
+                          "out of sample for this goal")
             return
         diff = apply_changes(config, chosen) if write else config_diff(config, chosen)
         console.print(diff, markup=False, highlight=False)
         console.print(f"written to {config}" if write else "nothing written (give --write to apply these changes)")
+
+
+def _num(v: float) -> str:
+    return "-" if math.isnan(v) else f"{v:.2f}"
+
+
+def _pss_text(c) -> str:
+    from .verification import scores as event_scores
+
+    return f"PSS {_num(event_scores(c)['pss_time'])}"
+
+
+def _detect_only(cfg, zones, levels) -> list[str]:
+    """Lines naming each criterion that can only detect a flood, never forecast one."""
+    out = []
+    for z in cfg.zones:
+        if z.code not in zones:
+            continue
+        for spec in cfg.level_specs(z):
+            if levels and spec.name not in levels:
+                continue
+            for c in spec.criteria:
+                if c.observed:
+                    out.append(f"{z.code} {spec.name}: '{c.metric} {c.op} {c.value:g}' is an observation: it can "
+                               "only detect a flood that is already happening, never forecast one; its warnings "
+                               "are counted as detections, not forecast lead")
+    return out
+
+
+def _verdict_json(key, a) -> dict:
+    from .verification import scores as event_scores
+
+    def num(v):
+        return None if isinstance(v, float) and math.isnan(v) else v
+
+    def block(c):
+        if c is None:
+            return None
+        sc = event_scores(c)
+        return {"hits": c.hits, "forecast_hits": c.forecast_hits, "detections": c.detections, "late": c.late,
+                "misses": c.misses, "false_alarms": c.false_alarms,
+                "hours": {"warned_flooded": c.hours.a, "warned_dry": c.hours.b, "flooded_unwarned": c.hours.c,
+                          "quiet": c.hours.d},
+                **{k: num(v) for k, v in sc.items()}}
+
+    z, lv, idx, met, op, ver = key
+    return {"zone": z, "level": lv, "criterion_index": idx, "metric": met, "op": op, "verified_level": ver,
+            "recommended": a.chosen.candidate.value if a.chosen is not None else None,
+            "current": a.current.candidate.current if a.current is not None else None,
+            "in_sample_best": a.in_sample.candidate.value if a.in_sample is not None else None,
+            "reason": a.reason, "validation": a.validation,
+            "refused": {k: list(v) for k, v in a.refused.items()},
+            "out_of_sample": block(a.out_of_sample),
+            "baselines": {n: block(c) for n, c in a.baselines.items()}}

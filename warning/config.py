@@ -35,6 +35,7 @@ from shapely.validation import explain_validity
 
 from alerts.levels import Criterion, LevelSpec, ZonePolicy
 
+from . import availability
 from .errors import ConfigError
 
 #: Zone metrics the pipeline computes; thresholds may use any of them.
@@ -134,6 +135,9 @@ class ForecastSourceConfig(_Model):
     #: a URL where the provider publishes its newest file: polled (conditional GET) by the
     #: ingest job and mirrored into `path`, which the source reads
     url: str | None = None
+    #: minutes from a forecast's issue time until it is in hand (delivery delay); a replay
+    #: uses an issue only from issue time + delay on (warning.availability)
+    delay_minutes: float = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _known_kind(self) -> "ForecastSourceConfig":
@@ -148,13 +152,18 @@ class ForecastSourceConfig(_Model):
         return self
 
     def source_settings(self, resolve) -> dict[str, Any]:
-        """Constructor settings for the source (netcdf keeps its historical keys)."""
+        """Constructor settings for the source (netcdf keeps its historical keys); the
+        delivery delay is not the source's (a replay applies it: ``usable_at``)."""
         base: dict[str, Any] = {"path": resolve(self.path)}
         if self.kind == "netcdf":
             base |= {"pattern": self.pattern, "variable": self.variable}
         if self.units is not None:
             base["units"] = self.units
         return {**base, **self.settings}
+
+    def usable_at(self, issued: datetime) -> datetime:
+        """When an issue of this source issued at ``issued`` is in hand."""
+        return availability.forecast_usable_at(issued, self.delay_minutes)
 
 
 class GaugeSourceConfig(_Model):
@@ -166,6 +175,17 @@ class GaugeSourceConfig(_Model):
     stale_after_minutes: float = Field(default=90, gt=0)
     #: further settings of that source (e.g. { url = "https://...", sites = ["01589330"] })
     settings: dict[str, Any] = Field(default_factory=dict)
+    #: minutes from a reading's completion (its observation time, or the end of its
+    #: period) until it is in hand; a replay uses a reading only from then on
+    delay_minutes: float = Field(default=0, ge=0)
+    #: the readings are aggregates over periods this long (e.g. 1440: a daily mean, also
+    #: when written as 24 hourly rows), aligned to UTC multiples of it from 1970-01-01; an
+    #: aggregate is usable only after its period ends (+ delay_minutes). None: each reading
+    #: is a value at its time stamp
+    period_minutes: float | None = Field(default=None, gt=0)
+    #: which end of its period a reading's time stamp labels: "start" or "end" (a stamp on
+    #: a period boundary T is the period starting, or ending, at T)
+    period_label: Literal["start", "end"] = "end"
 
     @model_validator(mode="after")
     def _known_kind(self) -> "GaugeSourceConfig":
@@ -178,10 +198,21 @@ class GaugeSourceConfig(_Model):
         return self
 
     def source_settings(self, resolve) -> dict[str, Any]:
+        """Constructor settings for the source; the delivery delay and aggregation period
+        are not the source's (a replay applies them: ``usable_from``)."""
         base: dict[str, Any] = {"units": self.units, "stale_after_minutes": self.stale_after_minutes}
         if self.path is not None:
             base["path"] = resolve(self.path)
         return {**base, **self.settings}
+
+    def usable_from(self, times: np.ndarray) -> np.ndarray:
+        """When each reading of this source stamped ``times`` (datetime64) is in hand."""
+        return availability.usable_from(times, delay_minutes=self.delay_minutes,
+                                        period_minutes=self.period_minutes, period_label=self.period_label)
+
+    def observed_at(self, t: datetime) -> datetime:
+        """When what happened at ``t`` was first seen in this source's readings."""
+        return availability.observed_at(t, delay_minutes=self.delay_minutes, period_minutes=self.period_minutes)
 
 
 class SourcesConfig(_Model):

@@ -6,17 +6,18 @@ An event is a small TOML file kept in the site's folder::
     start = 2025-11-13T18:00:00Z       # the replay's clock starts here ...
     end = 2025-11-15T12:00:00Z         # ... and stops here
     zones = []                         # zones to verify; empty = every zone of the site
-    tolerance_minutes = 60             # a warning up to this late still counts as a hit
+    tolerance_minutes = 60             # a warning up to this late is a late detection
+    flood_hours = 6                    # how long a flood given by its onset alone lasted
+    lead_window_hours = 12             # warned time up to this long before an onset is
+                                       # neither credit nor false alarm (see below)
 
     [sources.forecast]                 # archived inputs (optional): override the config's
     path = "../forecasts"              # source paths; relative to this file
     pattern = "rain_*.nc"
+    delay_minutes = 60                 # each issue arrived an hour after its issue time
     [sources.gauges]
     path = "../gauges/readings.csv"
-
-    flood_hours = 6                    # how long a flood given by its onset alone lasted
-    lead_window_hours = 12             # warned time up to this long before an onset is
-                                       # neither credit nor false alarm (see below)
+    delay_minutes = 15                 # (and period_minutes, period_label: see below)
 
     [observed]                         # observed flood onsets per zone (UTC); a zone
     MB-TOWN = [2025-11-14T18:15:00Z]   # listed with [] was seen not to flood; an onset
@@ -24,6 +25,11 @@ An event is a small TOML file kept in the site's folder::
 
 Only zones listed under ``[observed]`` are verified: a zone nobody looked at counts
 neither for nor against the thresholds.
+
+Delivery delays. ``delay_minutes`` of ``[sources.forecast]``, and ``delay_minutes``,
+``period_minutes`` and ``period_label`` of ``[sources.gauges]``, replace the config's
+(``warning.config``; their meaning is in ``warning.availability``) for the replay, with or
+without a ``path``: an event may set only a delay and keep the config's archive.
 
 Flood windows. Verification in time (``warning.verification``) needs to know when a zone
 was flooded, not only when flooding began: each onset is paired with its end (given, or
@@ -38,7 +44,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -59,13 +65,31 @@ class _Model(BaseModel):
 
 
 class EventSource(_Model):
-    path: Path
+    """An event's archived source: each field given replaces the config's for the replay."""
+
+    #: the archive (file or folder), relative to the event file; None: the config's
+    path: Path | None = None
     pattern: str | None = None
+    #: delivery delay in minutes (see the config's ``delay_minutes``); None: the config's
+    delay_minutes: float | None = Field(default=None, ge=0)
+
+    def overrides(self) -> dict[str, Any]:
+        """The availability settings this event gives (to update the source's config with)."""
+        return {k: v for k, v in self.model_dump(exclude={"path", "pattern"}).items() if v is not None}
+
+
+class GaugeEventSource(EventSource):
+    """An event's gauge archive: also the aggregation period of its readings."""
+
+    #: the readings are aggregates over periods this long (see the config's); None: the config's
+    period_minutes: float | None = Field(default=None, gt=0)
+    #: which end of its period a reading's time stamp labels; None: the config's
+    period_label: Literal["start", "end"] | None = None
 
 
 class EventSources(_Model):
     forecast: EventSource | None = None
-    gauges: EventSource | None = None
+    gauges: GaugeEventSource | None = None
 
 
 class Event(_Model):
@@ -189,8 +213,11 @@ def load_event(path: str | Path, cfg: Config | None = None) -> Event:
                                 f"(known: {', '.join(sorted(codes))})")
         for name in ("forecast", "gauges"):
             src = getattr(event.sources, name)
-            if src is not None and not event.path(src.path).exists():
+            if src is not None and src.path is not None and not event.path(src.path).exists():
                 problems.append(f"sources.{name}.path: not found: {event.path(src.path)}")
+        if event.sources.forecast is not None and cfg.sources.forecast is None:
+            problems.append("sources.forecast: the site has no rainfall forecast source to replace "
+                            "(a gauge site)")
         if event.sources.gauges is not None and cfg.sources.gauges is None:
             problems.append("sources.gauges: the site has no gauge source to replace")
         if problems:
@@ -210,18 +237,25 @@ def load_events(folder: str | Path, cfg: Config | None = None) -> list[Event]:
 
 
 def event_config(cfg: Config, event: Event, output_dir: Path, **service: Any) -> Config:
-    """The site's config as a replay of ``event`` sees it: the event's archived sources,
-    its own output folder and database (a replay never touches the live state), and the
-    service settings given (clock, speed)."""
+    """The site's config as a replay of ``event`` sees it: the event's archived sources
+    and their delivery delays (each given field replaces the config's), its own output
+    folder and database (a replay never touches the live state), and the service settings
+    given (clock, speed)."""
     sources = cfg.sources
-    if event.sources.forecast is not None:
-        upd = {"path": event.path(event.sources.forecast.path), "url": None}
-        if event.sources.forecast.pattern:
-            upd["pattern"] = event.sources.forecast.pattern
+    fc = event.sources.forecast
+    if fc is not None:
+        upd: dict[str, Any] = fc.overrides()
+        if fc.path is not None:
+            upd |= {"path": event.path(fc.path), "url": None}
+        if fc.pattern:
+            upd["pattern"] = fc.pattern
         sources = sources.model_copy(update={"forecast": sources.forecast.model_copy(update=upd)})
-    if event.sources.gauges is not None:
-        sources = sources.model_copy(update={"gauges": sources.gauges.model_copy(
-            update={"path": event.path(event.sources.gauges.path)})})
+    gs = event.sources.gauges
+    if gs is not None:
+        upd = gs.overrides()
+        if gs.path is not None:
+            upd["path"] = event.path(gs.path)
+        sources = sources.model_copy(update={"gauges": sources.gauges.model_copy(update=upd)})
     site = cfg.site.model_copy(update={"output_dir": output_dir.resolve()})
     sv = cfg.service.model_copy(update={"simulate_from": event.start, "operator_phones": [], **service})
     db = f"sqlite:///{output_dir.resolve() / 'replay.sqlite'}"

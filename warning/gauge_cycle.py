@@ -61,9 +61,10 @@ def _round(values: np.ndarray, digits: int = 4) -> list[float | None]:
 
 
 # ----------------------------------------------------------------------------- readings
-def readings_until(ds: xr.Dataset, at: datetime, spike_limit_m: float = 0.5) -> xr.Dataset:
-    """The readings known at ``at``: those at or before it, with the stage spike flags worked
-    out on them alone.
+def readings_until(ds: xr.Dataset, at: datetime, spike_limit_m: float = 0.5,
+                   known_from: np.ndarray | None = None) -> xr.Dataset:
+    """The readings known at ``at``: those at or before it (or known by then, with
+    ``known_from``), with the stage spike flags worked out on them alone.
 
     Every QC flag of a reading depends on that reading and earlier ones, except the spike
     check, which compares a reading with the next one too: read from a whole archived
@@ -80,8 +81,14 @@ def readings_until(ds: xr.Dataset, at: datetime, spike_limit_m: float = 0.5) -> 
         The cycle time (aware).
     spike_limit_m : float, m
         The source's spike limit.
+    known_from : ndarray (time,) of datetime64, optional
+        When each reading was in hand (``warning.availability.usable_from``: delivery
+        delays, aggregates known at the end of their period); default its time stamp.
     """
-    keep = np.flatnonzero(ds["time"].values <= _np(at))
+    known = ds["time"].values if known_from is None else np.asarray(known_from)
+    if known.shape != ds["time"].shape:
+        raise ValueError(f"known_from has {known.shape[0]} times for {ds.sizes['time']} readings")
+    keep = np.flatnonzero(known <= _np(at))
     sub = ds.isel(time=keep).copy(deep=True)
     qc = sub["qc"].values
     stage = sub["stage"].values

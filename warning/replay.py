@@ -15,9 +15,13 @@ A plain replay has no recipients at all and its notices have CAP status ``Test``
 subscribers cannot receive anything, its notices are CAP ``Exercise`` with a ``<note>``
 naming the drill, and its SMS start with the exercise marker.
 
-No peeking. The service's data sources are wrapped in gates that return only what
-existed at the simulated time: forecast issues issued by then, gauge readings observed
-by then. A gate that is asked for a later forecast raises :class:`PeekError`.
+No peeking. The service's data sources are wrapped in gates that return only what was
+in hand at the simulated time (:mod:`warning.availability`): forecast issues whose issue
+time plus the source's ``delay_minutes`` has come, gauge readings whose observation time
+(or, for aggregates, ``period_minutes`` long, the end of their period) plus the source's
+``delay_minutes`` has come. A daily mean written as 24 hourly rows is thus seen only
+after its day. A gate that is asked for a forecast not yet in hand raises
+:class:`PeekError`.
 """
 
 from __future__ import annotations
@@ -35,9 +39,11 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
+from . import availability
 from .config import Config
 from .errors import FloodwarnError
 from .events import CycleTrace, Event, EventTrace, event_config
+from .gauge_cycle import readings_until
 from .storage import Run, Store, Subscriber
 
 log = logging.getLogger(__name__)
@@ -60,52 +66,66 @@ class ReplayClock:
 
 
 class ForecastGate:
-    """A forecast source as it was at the clock's time: only issues out by then."""
+    """A forecast source as it was at the clock's time: only issues in hand by then, i.e.
+    issued at least ``delay_minutes`` before it."""
 
-    def __init__(self, source: Any, clock: Callable[[], datetime]):
+    def __init__(self, source: Any, clock: Callable[[], datetime], delay_minutes: float = 0.0):
         self._source, self._clock = source, clock
+        self.delay_minutes = delay_minutes
         #: (simulated time, issue time) of every issue loaded
         self.loaded: list[tuple[datetime, datetime]] = []
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._source, name)
 
+    def usable_at(self, issue) -> datetime:
+        """When ``issue`` was in hand: its issue time plus the delivery delay."""
+        return availability.forecast_usable_at(issue.issued, self.delay_minutes)
+
     def issues(self):
         now = self._clock()
-        return [i for i in self._source.issues() if i.issued <= now]
+        return [i for i in self._source.issues() if self.usable_at(i) <= now]
 
     def latest_before(self, t: datetime):
-        return self._source.latest_before(min(t, self._clock()))
+        """The newest issue in hand at ``t`` (never later than the clock)."""
+        t = min(t, self._clock())
+        cands = [i for i in self.issues() if self.usable_at(i) <= t]
+        return cands[-1] if cands else None
 
     def load(self, issue, site):
         now = self._clock()
-        if issue.issued > now:
-            raise PeekError(f"forecast {issue.path.name} issued {issue.issued:%Y-%m-%d %H:%M}Z asked for "
-                            f"at {now:%Y-%m-%d %H:%M}Z, before it existed")
+        usable = self.usable_at(issue)
+        if usable > now:
+            raise PeekError(f"forecast {issue.path.name} issued {issue.issued:%Y-%m-%d %H:%M}Z, with a "
+                            f"delivery delay of {self.delay_minutes:g} min usable from "
+                            f"{usable:%Y-%m-%d %H:%M}Z, asked for at {now:%Y-%m-%d %H:%M}Z, before "
+                            f"it was in hand")
         self.loaded.append((now, issue.issued))
         return self._source.load(issue, site)
 
 
 class GaugeGate:
-    """A gauge source as it was at the clock's time: readings observed by then only, with
-    their QC flags as they were then."""
+    """A gauge source as it was at the clock's time: readings in hand by then only (each
+    from ``usable_from`` of its time stamps on, default: its time stamp), with their QC
+    flags as they were then."""
 
-    def __init__(self, source: Any, clock: Callable[[], datetime]):
+    def __init__(self, source: Any, clock: Callable[[], datetime],
+                 usable_from: Callable[[np.ndarray], np.ndarray] | None = None):
         self._source, self._clock = source, clock
-        #: (simulated time, newest reading time returned)
+        self._usable_from = usable_from or availability.usable_from
+        #: (simulated time, time stamp of the newest reading returned)
         self.reads: list[tuple[datetime, datetime | None]] = []
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._source, name)
 
     def read(self, *args, **kwargs):
-        from .gauge_cycle import readings_until
-
         now = self._clock()
-        # cut at the clock, and judge spikes on what was known then: the spike check
-        # compares a reading with the next one, which had not come yet
-        ds = readings_until(self._source.read(*args, **kwargs), now,
-                            getattr(self._source, "spike_limit_m", 0.5))
+        full = self._source.read(*args, **kwargs)
+        # cut at the clock by when each reading was in hand, and judge spikes on what was
+        # known then: the spike check compares a reading with the next one, not yet in hand
+        ds = readings_until(full, now, getattr(self._source, "spike_limit_m", 0.5),
+                            known_from=self._usable_from(full["time"].values))
         newest = None
         if ds.sizes["time"]:
             newest = datetime.fromisoformat(str(np.datetime_as_string(ds["time"].values[-1], unit="s"))
@@ -229,11 +249,11 @@ def replay(cfg: Config, event: Event, *, speed: float | None = None, drill: bool
     svc = Service(rcfg, clock=clock, store=store, drill=cfg.drill.name if drill else None)
     fgate = None
     if svc.inputs.forecast is not None:  # a gauge site has none
-        fgate = ForecastGate(svc.inputs.forecast, clock)
+        fgate = ForecastGate(svc.inputs.forecast, clock, rcfg.sources.forecast.delay_minutes)
         svc.inputs.forecast = fgate
     ggate = None
     if svc.inputs.gauges is not None:
-        ggate = GaugeGate(svc.inputs.gauges, clock)
+        ggate = GaugeGate(svc.inputs.gauges, clock, rcfg.sources.gauges.usable_from)
         svc.inputs.gauges = ggate
     if drill:
         svc._channel = channel or make_channel(rcfg)

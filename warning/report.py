@@ -41,7 +41,15 @@ from .config import Config
 from .errors import FloodwarnError
 from .events import Event, EventTrace
 from .storage import AlertRow, AuditRow, OutboxRow, Run, Store, Subscriber, utcnow
-from .verification import Contingency, periods_from_levels, scores, verify
+from .verification import (
+    BASELINES,
+    Contingency,
+    baseline_periods,
+    periods_from_levels,
+    scores,
+    skill_against,
+    verify,
+)
 
 __all__ = ["ReportFiles", "build_report"]
 
@@ -127,7 +135,7 @@ def build_report(cfg: Config, store: Store, event: Event, *, scope: str,
 
         site = Site.load(cfg)
     messages = _messages(cfg, store, runs, levels)
-    verification = _verification(cfg, event, timeline, levels)
+    verification = _verification(cfg, event, timeline, levels, runs)
 
     generated = utcnow().replace(microsecond=0)
     data: dict[str, Any] = {
@@ -469,38 +477,107 @@ def _messages(cfg: Config, store: Store, runs: list[Run], levels: list[dict[str,
 
 
 def _verification(cfg: Config, event: Event, timeline: dict[str, dict[str, Any]],
-                  levels: list[dict[str, Any]]) -> dict[str, Any]:
-    """Hits, misses, false alarms and lead times per verified zone and level, and totals."""
+                  levels: list[dict[str, Any]], runs: list[Run]) -> dict[str, Any]:
+    """Per verified zone and level: each onset warned in time (by a forecast, or only
+    detected by an observation), late or missed, the false alarms, the hours in time, the
+    baselines (never, always, persistence) on the same event and the skill against them;
+    and totals."""
+    from alerts.levels import raised_by
+
+    from .tuning import observation_arrival
+
     zones: dict[str, dict[str, Any]] = {}
     totals: dict[str, Contingency] = {lv["name"]: Contingency() for lv in levels}
+    base_totals: dict[str, dict[str, Contingency]] = {lv["name"]: {n: Contingency() for n in BASELINES}
+                                                      for lv in levels}
     used: set[str] = set()
     zcfg = {z.code: z for z in cfg.zones}
+    metrics = {r.id: (r.summary or {}).get("metrics", {}) for r in runs}
+    cycles = sorted(r.at for r in runs)
+    arrival = observation_arrival(cfg)
+    window = (event.start, event.end)
+    detect_only: dict[str, list[str]] = {}
     for code in event.verified_zones(cfg):
-        changes = [(c["time"], c["level"]) for c in timeline[code]["changes"]]
+        specs = cfg.level_specs(zcfg[code])
+        floods = event.floods(code)
+        seen = [(arrival(t0), arrival(t1)) for t0, t1 in floods]
         onsets = event.observed[code]
         zones[code] = {}
-        for spec in cfg.level_specs(zcfg[code]):
+        detect_only[code] = [f"{spec.title}: {c.metric} {c.op} {c.value:g}" for spec in specs
+                             for c in spec.criteria if c.observed]
+        for spec in specs:
+            changes = []
+            for ch in timeline[code]["changes"]:
+                m = {k: (math.nan if v is None else float(v)) for k, v in
+                     (metrics.get(ch["run_id"], {}).get(code) or {}).items()}
+                prev = int(ch["previous"] or 0)
+                trig = raised_by(specs, m, max(spec.rank, prev + 1), ch["level"]) if ch["level"] > prev else "none"
+                changes.append((ch["time"], ch["level"], trig))
             periods = periods_from_levels(changes, spec.rank)
-            c = verify(periods, onsets, tolerance=event.tolerance)
+            kw = dict(tolerance=event.tolerance, floods=floods, window=window, lead_window=event.lead_window)
+            c = verify(periods, onsets, **kw)
+            base = {n: verify(baseline_periods(n, seen, window, cycles), onsets, **kw) for n in BASELINES}
             totals[spec.name] = totals[spec.name] + c
+            for n in BASELINES:
+                base_totals[spec.name][n] = base_totals[spec.name][n] + base[n]
             used.add(spec.name)
             zones[code][spec.name] = {**_counts(c), "title": spec.title,
-                                      "periods": [{"start": p.start, "end": p.end}
-                                                  for p in periods]}
+                                      "periods": [{"start": p.start, "end": p.end, "raised_by": p.trigger}
+                                                  for p in periods],
+                                      "outcomes": [{"onset": o.onset, "outcome": o.kind, "raised_by": o.trigger,
+                                                    "lead_min": None if o.lead is None else o.lead.total_seconds() / 60}
+                                                   for o in c.outcomes],
+                                      "baselines": {n: _counts(b) for n, b in base.items()},
+                                      "skill": skill_against(c, base),
+                                      "summary": _in_words(c, base)}
     return {"tolerance_minutes": event.tolerance_minutes,
+            "lead_window_hours": event.lead_window_hours,
             "zones_verified": list(zones),
             "onsets": {z: list(event.observed[z]) for z in zones},
+            "floods": {z: [{"onset": t0, "end": t1} for t0, t1 in event.floods(z)] for z in zones},
+            "detect_only": {z: v for z, v in detect_only.items() if v},
             "zones": zones,
-            "totals": {lv["name"]: {**_counts(totals[lv["name"]]), "title": lv["title"]}
+            "totals": {lv["name"]: {**_counts(totals[lv["name"]]), "title": lv["title"],
+                                    "baselines": {n: _counts(b) for n, b in base_totals[lv["name"]].items()},
+                                    "skill": skill_against(totals[lv["name"]], base_totals[lv["name"]])}
                        for lv in levels if lv["name"] in used}}
 
 
 def _counts(c: Contingency) -> dict[str, Any]:
     sc = scores(c)
-    return {"hits": c.hits, "misses": c.misses, "false_alarms": c.false_alarms,
+    return {"hits": c.hits, "forecast_hits": c.forecast_hits, "detections": c.detections, "late": c.late,
+            "misses": c.misses, "false_alarms": c.false_alarms,
             "lead_times_min": [t.total_seconds() / 60.0 for t in c.lead_times],
-            "pod": sc["pod"], "far": sc["far"], "csi": sc["csi"],
-            "median_lead_min": sc["median_lead_min"]}
+            "detection_leads_min": [t.total_seconds() / 60.0 for t in c.detection_leads],
+            "late_min": [t.total_seconds() / 60.0 for t in c.late_by],
+            "hours": {"warned_flooded": c.hours.a, "warned_dry": c.hours.b, "flooded_unwarned": c.hours.c,
+                      "quiet": c.hours.d},
+            **sc}
+
+
+def _in_words(c: Contingency, base: dict[str, Contingency]) -> str:
+    """One zone and level, as a manager would say it."""
+    n = c.hits + c.late + c.misses
+    parts = []
+    if n == 0:
+        parts.append("no flood was observed")
+    else:
+        parts.append(f"{c.forecast_hits} of {n} flood(s) warned in time by a forecast"
+                     + (f" (median lead {_duration(scores(c)['median_lead_min'])})" if c.lead_times else ""))
+        if c.detections:
+            parts.append(f"{c.detections} only detected by an observation as the water came (no forecast lead)")
+        if c.late:
+            parts.append(f"{c.late} warned late (by {', '.join(_duration(t.total_seconds() / 60) for t in c.late_by)})")
+        if c.misses:
+            parts.append(f"{c.misses} missed")
+    parts.append(f"{c.false_alarms} false alarm(s)")
+    if c.hours.total > 0:
+        pss = scores(c)["pss_time"]
+        bp = {k: scores(v)["pss_time"] for k, v in base.items()}
+        parts.append(f"{c.hours.b:.1f} h warned without flooding; Peirce skill in time "
+                     f"{_num(pss)} (never warn {_num(bp['never'])}, always warn {_num(bp['always'])}, "
+                     f"persistence {_num(bp['persistence'])})")
+    return "; ".join(parts)
 
 
 # --------------------------------------------------------------------------- figures

@@ -76,7 +76,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "ALWAYS_SHARE", "MIN_EVENTS", "MIN_FLOODS", "Assessment", "Candidate", "CandidateScore", "Goal",
     "GoalError", "GroupKey", "TuningError", "apply_changes", "assess", "by_criterion", "candidate_grid", "config_diff", "decisions_for", "evaluate",
-    "pod_far_plot", "recommend", "recommendation", "scores_table",
+    "pod_far_plot", "recommend", "recommendation", "scores_table", "triggered",
 ]
 
 DEFAULT_WORKERS = 1
@@ -186,12 +186,15 @@ class CandidateScore:
     per_event: tuple[Contingency, ...] = ()
     event_starts: tuple[datetime, ...] = ()
     baselines: Mapping[str, tuple[Contingency, ...]] = dataclass_field(default_factory=dict)
+    #: share of the events' cycles in which the tuned criterion itself holds (NaN: unknown)
+    criterion_share: float = math.nan
 
     @classmethod
     def from_contingency(cls, candidate: Candidate, verified_level: str, events: int,
                          c: Contingency, *, per_event: Sequence[Contingency] = (),
                          event_starts: Sequence[datetime] = (),
-                         baselines: Mapping[str, tuple[Contingency, ...]] | None = None) -> CandidateScore:
+                         baselines: Mapping[str, tuple[Contingency, ...]] | None = None,
+                         criterion_share: float = math.nan) -> CandidateScore:
         sc = verification_scores(c)
         return cls(candidate=candidate, verified_level=verified_level, events=events,
                    hits=c.hits, misses=c.misses, false_alarms=c.false_alarms,
@@ -202,7 +205,7 @@ class CandidateScore:
                    hours=c.hours, pss=sc["pss_time"], hss=sc["hss_time"], csi_time=sc["csi_time"],
                    warned_share=sc["warned_share"], forecast_pod=sc["forecast_pod"],
                    per_event=tuple(per_event), event_starts=tuple(event_starts),
-                   baselines=dict(baselines or {}))
+                   baselines=dict(baselines or {}), criterion_share=criterion_share)
 
     @property
     def forecast_hits(self) -> int:
@@ -226,8 +229,14 @@ class CandidateScore:
 
     @property
     def trivial(self) -> str | None:
-        """``"always"`` when the candidate warns at least :data:`ALWAYS_SHARE` of the
-        events' time, ``"never"`` when it never warns; None otherwise."""
+        """``"always"`` when the tuned criterion holds in every cycle of the events (the
+        threshold is at or beyond every value seen, like ``>= 0``) or the level is in
+        force :data:`ALWAYS_SHARE` of the events' time or more; ``"never"`` when the
+        criterion holds in no cycle or the level is never in force; None otherwise."""
+        if self.criterion_share == 1.0:
+            return "always"
+        if self.criterion_share == 0.0:
+            return "never"
         if self.hours.total <= 0:
             return None
         if self.hours.warned <= 0:
@@ -271,12 +280,19 @@ def _verified(traces: Iterable[EventTrace], cfg: Config, zone: str) -> list[Even
 
 def _even_grid(lo: float, hi: float, n: int) -> list[float]:
     """``n`` evenly spaced values from ``lo`` to ``hi``, rounded to a tenth of the
-    spacing's leading digit (0.0255 spacing -> 3 decimals), so they read well in a config."""
+    spacing's leading digit (0.0255 spacing -> 3 decimals), so they read well in a config;
+    the first is rounded down and the last up, so the grid spans every value seen (the
+    lowest value is met in every cycle: the "always warn" end is always tried, and
+    refused)."""
     if hi <= lo:
         return [lo]
     step = (hi - lo) / (n - 1)
     decimals = max(0, math.ceil(-math.log10(step)) + 1)
-    return [round(lo + k * step, decimals) for k in range(n)]
+    scale = 10.0 ** decimals
+    grid = [round(lo + k * step, decimals) for k in range(n)]
+    grid[0] = math.floor(lo * scale + 1e-9) / scale
+    grid[-1] = math.ceil(hi * scale - 1e-9) / scale
+    return grid
 
 
 def candidate_grid(
@@ -378,18 +394,25 @@ def _with_value(levels: Sequence[LevelSpec], cand: Candidate) -> list[LevelSpec]
 
 def _changes(times: Sequence[datetime], metrics: Sequence[Mapping[str, float]],
              levels: Sequence[LevelSpec], policy: ZonePolicy, zone: str
-             ) -> list[tuple[datetime, int, str]]:
-    """Level changes ``(time, rank, trigger)``; a raise records what raised it (forecast
-    or observation, :func:`alerts.levels.raised_by`), a lowering ``"none"``."""
+             ) -> list[tuple[datetime, int, int, Mapping[str, float]]]:
+    """Level changes ``(time, rank, previous rank, metrics)``."""
     state = ZoneState()
-    out: list[tuple[datetime, int, str]] = []
+    out: list[tuple[datetime, int, int, Mapping[str, float]]] = []
     for at, m in zip(times, metrics):
         d = decide(state, m, at, levels, policy, zone=zone)
         state = d.state
         if d.changed:
-            trigger = raised_by(levels, m, d.previous + 1, d.level) if d.level > d.previous else "none"
-            out.append((at, d.level, trigger))
+            out.append((at, d.level, d.previous, m))
     return out
+
+
+def triggered(changes: Sequence[tuple[datetime, int, int, Mapping[str, float]]],
+              levels: Sequence[LevelSpec], rank: int) -> list[tuple[datetime, int, str]]:
+    """Level changes ``(time, rank, trigger)`` for verifying at ``rank``: a raise to it or
+    above records what raised it there (a forecast criterion or an observation only, of
+    the levels from ``rank`` up to the new one; :func:`alerts.levels.raised_by`)."""
+    return [(at, new, raised_by(levels, m, max(rank, prev + 1), new) if new > prev else "none")
+            for at, new, prev, m in changes]
 
 
 def _series(trace: EventTrace, zone: str
@@ -417,7 +440,7 @@ def decisions_for(
     levels = cfg.level_specs(zone_cfg) if levels is None else levels
     policy = cfg.zone_policy(zone_cfg) if policy is None else policy
     times, metrics = _series(trace, zone)
-    return [(t, rank) for t, rank, _ in _changes(times, metrics, levels, policy, zone)]
+    return [(t, rank) for t, rank, _, _ in _changes(times, metrics, levels, policy, zone)]
 
 
 @dataclass(frozen=True)
@@ -470,22 +493,11 @@ def _zone_inputs(traces: Sequence[EventTrace], cfg: Config, zone: str) -> _ZoneI
 
 
 def observation_arrival(cfg: Config):
-    """When the observation of a moment arrives, as a function of time: the gauge
-    source's ``delay_minutes`` later, and for aggregates (``period_minutes``) not before
-    the period holding that moment has ended. Persistence can warn no earlier."""
+    """When what happened at a moment was first seen at the site's gauges, as a function of
+    time (:meth:`warning.config.GaugeSourceConfig.observed_at`; at once without gauges).
+    Persistence can warn no earlier."""
     src = cfg.sources.gauges
-    delay = timedelta(minutes=float(getattr(src, "delay_minutes", 0) or 0)) if src else timedelta(0)
-    period = getattr(src, "period_minutes", None) if src else None
-
-    def arrival(t: datetime) -> datetime:
-        if period:
-            step = timedelta(minutes=float(period))
-            epoch = datetime(1970, 1, 1, tzinfo=t.tzinfo)
-            k = math.ceil((t - epoch) / step)
-            t = epoch + k * step
-        return t + delay
-
-    return arrival
+    return src.observed_at if src is not None else (lambda t: t)
 
 
 def _baselines(inputs: _ZoneInputs) -> dict[str, tuple[Contingency, ...]]:
@@ -496,15 +508,23 @@ def _score(inputs: _ZoneInputs, cand: Candidate, verified_level: str,
            baselines: Mapping[str, tuple[Contingency, ...]] | None = None) -> CandidateScore:
     levels = _with_value(inputs.levels, cand)
     rank = _level_spec(levels, cand.zone, verified_level).rank
+    crit = _level_spec(levels, cand.zone, cand.level).criteria[cand.criterion_index]
     per_event = []
+    held = seen = 0
     for ev in inputs.events:
         changes = _changes(ev.times, ev.metrics, levels, inputs.policy, inputs.zone)
-        per_event.append(ev.verify(periods_from_levels(changes, rank)))
+        per_event.append(ev.verify(periods_from_levels(triggered(changes, levels, rank), rank)))
+        for m in ev.metrics:
+            v = m.get(crit.metric)
+            if v is not None and math.isfinite(float(v)):
+                seen += 1
+                held += crit.holds(float(v))
     total = sum(per_event, Contingency())
     return CandidateScore.from_contingency(
         cand, verified_level, len(inputs.events), total, per_event=per_event,
         event_starts=[ev.window[0] if ev.window else ev.times[0] for ev in inputs.events],
-        baselines=baselines if baselines is not None else _baselines(inputs))
+        baselines=baselines if baselines is not None else _baselines(inputs),
+        criterion_share=held / seen if seen else math.nan)
 
 
 _WORKER_INPUTS: dict[str, _ZoneInputs] = {}
@@ -769,9 +789,11 @@ class Assessment:
 def _subset(s: CandidateScore, keep: Sequence[int]) -> CandidateScore:
     per = [s.per_event[k] for k in keep]
     base = {n: tuple(v[k] for k in keep) for n, v in s.baselines.items()}
+    # the criterion's share stays that of the whole catalogue: a threshold met in every
+    # cycle seen is refused in every fold
     return CandidateScore.from_contingency(s.candidate, s.verified_level, len(per), sum(per, Contingency()),
                                            per_event=per, event_starts=[s.event_starts[k] for k in keep],
-                                           baselines=base)
+                                           baselines=base, criterion_share=s.criterion_share)
 
 
 def _closest(cands: Sequence[CandidateScore]) -> CandidateScore:
@@ -1091,7 +1113,8 @@ def scores_table(scores: Iterable[CandidateScore]) -> list[dict[str, Any]]:
             "hours_warned_flooded": s.hours.a, "hours_warned_dry": s.hours.b,
             "hours_flooded_unwarned": s.hours.c, "hours_quiet": s.hours.d,
             "pss": num(s.pss), "hss": num(s.hss), "csi_time": num(s.csi_time),
-            "warned_share": num(s.warned_share), "warns": s.trivial or "",
+            "warned_share": num(s.warned_share), "criterion_share": num(s.criterion_share),
+            "warns": s.trivial or "",
             **{f"lead_{k}_min": num(v) for k, v in lead.items()},
         })
     return rows

@@ -41,6 +41,7 @@ that cannot beat them is no skill. Persistence detects floods but never forecast
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -227,7 +228,7 @@ def time_table(periods: Sequence[WarningPeriod], floods: Sequence[tuple[datetime
                 cuts.add(t)
     edges = sorted(cuts)
     a = b = c = d = 0.0
-    for t0, t1 in zip(edges, edges[1:]):
+    for t0, t1 in itertools.pairwise(edges):
         hours = (t1 - t0).total_seconds() / 3600.0
         mid = t0 + (t1 - t0) / 2
         w, f = _covered(warned, mid), _covered(flooded, mid)

@@ -113,3 +113,46 @@ def test_a_texted_level_without_an_instruction_is_refused_at_check_config(tmp_pa
     assert "levels[0]: instruction is empty" in words and "or sms = false" in words
     fixed = _broken(tmp_path, lambda t: edit(t).replace('name = "advisory"', 'name = "advisory"\nsms = false', 1))
     assert CliRunner().invoke(app, ["check-config", str(fixed)]).exit_code == 0
+
+
+def _with_delays(text: str, forecast: str, gauges: str) -> str:
+    text = text.replace('units = "mm/h"\n', f'units = "mm/h"\n{forecast}\n', 1)
+    return text.replace("stale_after_minutes = 90\n", f"stale_after_minutes = 90\n{gauges}\n", 1)
+
+
+def test_delivery_delays_are_read_and_not_passed_to_the_sources(tmp_path):
+    """The delays and aggregation period are the replay's, not the sources': a source
+    constructor would refuse them as unknown keyword arguments."""
+    import numpy as np
+
+    from warning.pipeline import Inputs
+
+    p = tmp_path / "delays.toml"
+    p.write_text(_with_delays(demo_config_text(), "delay_minutes = 60",
+                              'delay_minutes = 15\nperiod_minutes = 1440\nperiod_label = "start"'))
+    cfg = load_config(p)
+    fc, gs = cfg.sources.forecast, cfg.sources.gauges
+    assert (fc.delay_minutes, gs.delay_minutes, gs.period_minutes, gs.period_label) == (60, 15, 1440, "start")
+    keys = {"delay_minutes", "period_minutes", "period_label"}
+    assert not keys & set(fc.source_settings(cfg.path)) and not keys & set(gs.source_settings(cfg.path))
+    Inputs(cfg)  # both sources build
+    # a reading stamped 05:00 with its day's mean (start label) is in hand at the next 00:00 + 15 min
+    got = gs.usable_from(np.array(["2025-11-14T05:00"], dtype="datetime64[ns]"))
+    assert got[0] == np.datetime64("2025-11-15T00:15", "ns")
+    # without them: no delay, instantaneous readings labelled at their time
+    plain = load_config(DEMO_CONFIG).sources
+    assert (plain.forecast.delay_minutes, plain.gauges.delay_minutes, plain.gauges.period_minutes,
+            plain.gauges.period_label) == (0, 0, None, "end")
+
+
+def test_bad_delivery_delays_are_all_reported(tmp_path):
+    p = tmp_path / "bad-delays.toml"
+    p.write_text(_with_delays(demo_config_text(), "delay_minutes = -10",
+                              'delay_minutes = -1\nperiod_minutes = 0\nperiod_label = "middle"'))
+    with pytest.raises(ConfigError) as exc:
+        load_config(p)
+    joined = "\n".join(exc.value.problems)
+    assert re.search(r"sources\.forecast\.delay_minutes: .*greater than or equal to 0", joined)
+    assert re.search(r"sources\.gauges\.delay_minutes: .*greater than or equal to 0", joined)
+    assert re.search(r"sources\.gauges\.period_minutes: .*greater than 0", joined)
+    assert re.search(r"sources\.gauges\.period_label: .*'start' or 'end'", joined)

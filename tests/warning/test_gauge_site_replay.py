@@ -9,8 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import REPO, shared_path
-from warning.config import load_config
+from tests.conftest import REPO, hupsel_config, shared_path
 from warning.console import add_operator
 from warning.events import load_event
 from warning.replay import replay
@@ -23,10 +22,7 @@ PASSWORD = "correct horse battery"
 
 @pytest.fixture(scope="module")
 def hupsel(tmp_path_factory):
-    shared_path("data", "storms", "hupsel_hourly", "PEQ_Hupsel.dat")
-    root = tmp_path_factory.mktemp("hupsel")
-    cfg = load_config(HUPSEL / "site.toml")
-    cfg = cfg.model_copy(update={"site": cfg.site.model_copy(update={"output_dir": root / "out"})})
+    cfg = hupsel_config(tmp_path_factory.mktemp("hupsel"))
     return cfg, load_event(EVENT, cfg)
 
 

@@ -4,7 +4,6 @@ that reach only the drill roster."""
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import xml.etree.ElementTree as ET
 from datetime import datetime, timedelta, timezone
@@ -16,8 +15,7 @@ import pytest
 import xarray as xr
 
 from tests.alerts.twilio_fake import FakeTwilio
-from tests.conftest import REPO, demo_config_text
-from warning.config import load_config
+from tests.conftest import REPO, prepared_demo_site
 from warning.events import load_event
 from warning.replay import ForecastGate, PeekError, ReplayClock, replay
 
@@ -42,14 +40,7 @@ def _event(folder: Path, start: str, end: str, **sources: str) -> Path:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     """The demo site in a temp folder, terrain prepared once for every replay here."""
-    from warning.site import Site
-
-    root = tmp_path_factory.mktemp("replay")
-    text = re.sub(r'output_dir = "[^"]*"', f'output_dir = "{root / "out"}"', demo_config_text())
-    (root / "site.toml").write_text(text)
-    cfg = load_config(root / "site.toml")
-    Site.load(cfg).prepare()
-    return root, cfg
+    return prepared_demo_site(tmp_path_factory.mktemp("replay"))
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +128,7 @@ def test_forecast_gate_refuses_a_forecast_from_the_future(site):
     issues = gate.issues()
     assert issues and max(i.issued for i in issues) == datetime(2025, 11, 14, 6, 0, tzinfo=timezone.utc)
     later = [i for i in gate._source.issues() if i.issued > clock()]
-    with pytest.raises(PeekError, match="before it existed"):
+    with pytest.raises(PeekError, match="before it was in hand"):
         gate.load(later[0], None)
 
 
@@ -215,8 +206,14 @@ def test_replay_cli_reports_the_hit_for_the_flooded_town(site):
     text = json.dumps(data)
     assert "MB-TOWN" in text
     html = next((root / "cli").glob("*.html")).read_text()
-    assert "MB-TOWN" in html and "hit" in html.lower()
+    assert "MB-TOWN" in html and "warned in time by a forecast" in html
     assert np.isclose((onset - first).total_seconds() / 60.0, _town_lead(data))
+    # the first warning came from the depth forecast (the town's gauge was still low): a
+    # forecast hit, not a detection; beside it the baselines on the same afternoon
+    row = next(iter(data["verification"]["zones"]["MB-TOWN"].values()))
+    assert [(o["outcome"], o["raised_by"]) for o in row["outcomes"]] == [("hit", "forecast")]
+    assert row["baselines"]["never"]["misses"] == 1 and row["baselines"]["persistence"]["forecast_hits"] == 0
+    assert "1 in time by forecast" in " ".join(res.output.split())
 
 
 def _town_lead(data) -> float:

@@ -1,5 +1,7 @@
-"""`floodwarn tune` end to end on the demo site: two storm windows replayed in parallel,
-candidates scored, a recommendation shown as a diff and written only when asked."""
+"""`floodwarn tune` end to end on the demo site: four windows (three through the storm,
+one dry before it) replayed in parallel, candidates scored by event and in time beside
+the baselines, the always-on threshold refused, each choice checked leaving one event
+out, and a recommendation shown as a diff and written only when asked."""
 
 from __future__ import annotations
 
@@ -24,29 +26,49 @@ def test_tune_recommends_and_writes_only_when_asked(tmp_path, monkeypatch):
     events = tmp_path / "events"
     events.mkdir()
     onsets = load_event(DEMO_EVENT).observed
-    for name, start, end in (("a", "2025-11-14T11:00:00Z", "2025-11-14T15:00:00Z"),
-                             ("b", "2025-11-14T13:00:00Z", "2025-11-14T17:00:00Z")):
+    onset = onsets["MB-TOWN"][0].strftime("%Y-%m-%dT%H:%M:%SZ")
+    for name, start, end, wet in (("a", "2025-11-14T12:00:00Z", "2025-11-14T17:00:00Z", True),
+                                  ("b", "2025-11-14T13:00:00Z", "2025-11-14T18:00:00Z", True),
+                                  ("c", "2025-11-14T14:00:00Z", "2025-11-14T19:00:00Z", True),
+                                  ("d", "2025-11-13T19:00:00Z", "2025-11-13T23:00:00Z", False),
+                                  ("e", "2025-11-13T23:00:00Z", "2025-11-14T03:00:00Z", False)):
         (events / f"{name}.toml").write_text(
             f'name = "window {name}"\nstart = {start}\nend = {end}\n[observed]\n'
-            f'MB-TOWN = [{onsets["MB-TOWN"][0].strftime("%Y-%m-%dT%H:%M:%SZ")}]\nHILLTOP = []\n')
+            f'MB-TOWN = [{onset if wet else ""}]\nHILLTOP = []\n')
     before = cfg_path.read_text()
     args = ["tune", "--config", str(cfg_path), "--events", str(events), "--zone", "MB-TOWN", "--level",
             "warning", "--candidates", "12", "--workers", "2", "--step-minutes", "60",
-            "--goal", "maximise csi; lead >= 60"]
+            "--goal", "maximise pss"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     assert cfg_path.read_text() == before  # nothing written without --write
-    scores = json.loads((tmp_path / "out" / "tuning" / "scores.json").read_text())["scores"]
+    saved = json.loads((tmp_path / "out" / "tuning" / "scores.json").read_text())
+    scores = saved["scores"]
     assert len(scores) >= 12 and all(r["zone"] == "MB-TOWN" for r in scores)
+    # the lowest value seen is met in every cycle: it warns always, and is refused
+    lowest = min(scores, key=lambda r: r["value"])
+    assert lowest["warns"] == "always" and lowest["criterion_share"] == 1.0
+    (verdict,) = saved["recommendations"]
+    assert lowest["value"] in verdict["refused"]["always"]
+    assert verdict["validation"].startswith("leave-one-event-out over 5 events")
+    # out of sample every event is scored once: 3 floods; the baselines on the same events
+    oos = verdict["out_of_sample"]
+    assert oos["hits"] + oos["late"] + oos["misses"] == 3
+    assert verdict["baselines"]["never"]["misses"] == 3 and verdict["baselines"]["never"]["pss_time"] == 0.0
+    assert verdict["baselines"]["always"]["pofd_time"] == 1.0
+    assert verdict["baselines"]["persistence"]["forecast_hits"] == 0
+    flat = " ".join(res.output.split())
+    assert "baselines: never warn, always warn, persistence" in flat
+    # the observed-stage criterion of MB-TOWN's warning is named as detection only
+    assert "observed_stage_m >= 2.5' is an observation: it can only detect a flood" in flat
     import csv
 
     with open(tmp_path / "out" / "tuning" / "scores.csv", newline="") as fh:
         table = list(csv.DictReader(fh))
     assert [float(r["value"]) for r in table] == [r["value"] for r in scores]
     assert (tmp_path / "out" / "tuning" / "pod_far.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # each score's counts are consistent: two events, one onset each, so hits + misses = 2
-    assert all(r["hits"] + r["misses"] == 2 for r in scores)
-    flat = " ".join(res.output.split())
+    # each score's counts are consistent: three floods, each in time, late or missed
+    assert all(r["hits"] + r["late"] + r["misses"] == 3 for r in scores)
     if "nothing to change" in flat:
         return
     assert "--- " in res.output and "+++ " in res.output and "nothing written" in flat
