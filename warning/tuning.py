@@ -855,10 +855,11 @@ def assess(scores: Sequence[CandidateScore], goal: Goal, *, holdout_from: dateti
        events starting before it, score on the others; the recommendation is the
        threshold chosen on the earlier events).
     4. The threshold is recommended only when, out of sample, its Peirce skill in time
-       is above that of never and always warning (both 0 at best) and it warns in time
-       by a forecast for more floods than persistence does (which only detects, so
-       none): a threshold that cannot beat doing nothing, warning always, or reading the
-       gauge, is no improvement.
+       is above that of never and always warning (both 0 at best), it warns in time by a
+       forecast for more floods than persistence does (which only detects, so none), and
+       its objective beats the configured threshold's on the same events: a threshold
+       that cannot beat doing nothing, warning always, reading the gauge, or the setting
+       people already know, is no improvement.
     """
     scores = list(scores)
     if not scores:
@@ -923,12 +924,22 @@ def assess(scores: Sequence[CandidateScore], goal: Goal, *, holdout_from: dateti
         failures.append(f"out of sample it warned no more floods in time by a forecast "
                         f"({oos.forecast_hits} of {oos.floods}) than persistence of the observation "
                         f"({persistence_hits}), which only detects floods")
+    if current is not None and chosen.candidate.value != c.current:
+        # the configured threshold is a baseline too: a fixed value is not tuned, so its
+        # score on the same events is already out of sample
+        now = sum((current.per_event[k] for k in test), Contingency())
+        mine, theirs = (goal.value(CandidateScore.from_contingency(c, chosen.verified_level, len(test), x))
+                        for x in (oos, now))
+        if not mine > theirs:
+            failures.append(f"out of sample its {goal.objective} ({_fmt(abs(mine))}) is no better than that "
+                            f"of the configured {c.current:g} on the same events ({_fmt(abs(theirs))})")
     text = f"{_describe(chosen)}; {why}; out of sample ({validation}): {_summary(oos)}"
     if refused_note:
         text += f"; {refused_note}"
     if failures:
         return Assessment(None, f"{head}: no recommendation: the best candidate, {chosen.candidate.value:g}, "
                           f"does not beat the baselines: " + "; ".join(failures) + f" [{text}]", **out)
+
     return Assessment(chosen, text, **out)
 
 

@@ -21,6 +21,11 @@ DEMO_EVENT = REPO / "sample_data" / "demo" / "events" / "storm-2025-11-14.toml"
 def test_tune_recommends_and_writes_only_when_asked(tmp_path, monkeypatch):
     monkeypatch.setenv("FLOODWARN_SECRET_KEY", "test-key-not-secret")
     text = re.sub(r'output_dir = "[^"]*"', f'output_dir = "{tmp_path / "out"}"', demo_config_text())
+    # the town's warning set too low: 0.40 m of forecast depth is reached in the dry
+    # evening before the storm too, so it warns falsely there
+    low = '"forecast_peak_depth_m >= 0.40", "observed_stage_m >= 2.5"'
+    text = text.replace('"forecast_peak_depth_m >= 0.50", "observed_stage_m >= 2.5"', low)
+    assert low in text
     cfg_path = tmp_path / "site.toml"
     cfg_path.write_text(text)
     events = tmp_path / "events"
@@ -69,8 +74,10 @@ def test_tune_recommends_and_writes_only_when_asked(tmp_path, monkeypatch):
     assert (tmp_path / "out" / "tuning" / "pod_far.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # each score's counts are consistent: three floods, each in time, late or missed
     assert all(r["hits"] + r["late"] + r["misses"] == 3 for r in scores)
-    if "nothing to change" in flat:
-        return
+    # leaving each event out, the choice on the others is above 0.40 and keeps the dry
+    # evenings quiet: out of sample it beats the configured 0.40, so it is recommended
+    assert verdict["recommended"] is not None and verdict["recommended"] > 0.40
+    assert oos["false_alarms"] < next(r for r in scores if r["value"] == 0.40)["false_alarms"]
     assert "--- " in res.output and "+++ " in res.output and "nothing written" in flat
     res = CliRunner().invoke(app, args + ["--write"])
     assert res.exit_code == 0, res.output
@@ -78,3 +85,4 @@ def test_tune_recommends_and_writes_only_when_asked(tmp_path, monkeypatch):
     changed = [z["code"] for z, y in zip(old["zones"], new["zones"]) if z != y]
     assert changed == ["MB-TOWN"]
     assert old["zones"][0]["thresholds"]["warning"] != new["zones"][0]["thresholds"]["warning"]
+    assert new["zones"][0]["thresholds"]["warning"]["any"][0] == f"forecast_peak_depth_m >= {verdict['recommended']:g}"

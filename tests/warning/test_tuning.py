@@ -190,7 +190,7 @@ def test_candidates_and_scores_pickle_and_two_workers_agree(cfg):
 TRUE_THRESHOLD = 0.42
 
 
-def planted_catalogue(seed=20251114):
+def planted_catalogue(seed=20251114, second_near_wet=False):
     """8 events of 30 hourly cycles; each zone series a Gaussian bump over a 0.02 m base.
     Flooding was observed, 1-3 h after the cycle where the series first reached 0.42 m,
     exactly in the events where it did. Peaks (on a cycle): 3 dry events (one just under,
@@ -199,6 +199,8 @@ def planted_catalogue(seed=20251114):
     rng = np.random.default_rng(seed)
     peaks = [*rng.uniform(0.15, 0.35, 2), rng.uniform(0.395, 0.40),
              *rng.uniform(0.60, 0.95, 4), rng.uniform(0.425, 0.43)]
+    if second_near_wet:  # another wet event just over the threshold, drawn apart
+        peaks.append(float(np.random.default_rng(seed + 1).uniform(0.425, 0.43)))
     traces = []
     for k, peak in enumerate(peaks):
         centre, width = int(rng.integers(12, 19)), rng.uniform(3, 6)
@@ -216,12 +218,25 @@ def test_tuner_recovers_a_planted_threshold(cfg):
     cands = candidate_grid(traces, cfg, "HILLTOP", "warning", n=50)
     values = sorted({c.value for c in cands} - {0.50})
     spacing = max(np.diff(values))
-    best = recommend(evaluate(traces, cfg, cands), Goal.parse("maximise csi"))
+    a = assess(evaluate(traces, cfg, cands), Goal.parse("maximise csi"))
+    best = a.in_sample
     assert best is not None and best.csi == 1.0 and best.false_alarms == 0
     assert abs(best.candidate.value - TRUE_THRESHOLD) <= spacing
     # the configured 0.50 m misses the wet event that peaked at 0.43 m
     (current,) = evaluate(traces, cfg, [c for c in cands if c.value == 0.50])
     assert (current.hits, current.misses) == (4, 1)
+    # ... but that one event alone calls for the change: left out, the other seven pick a
+    # value near 0.50 again and miss it. Out of sample tuning does no better than 0.50
+    # (4 hits, 1 miss either way), so nothing is recommended
+    assert (a.out_of_sample.hits, a.out_of_sample.misses) == (4, 1)
+    assert a.chosen is None and "no better than that of the configured 0.5" in a.reason
+    # with a second wet event just over the threshold, each supports the change when the
+    # other is left out: out of sample 6 hits, no miss, and the change is recommended
+    traces = planted_catalogue(second_near_wet=True)
+    cands = candidate_grid(traces, cfg, "HILLTOP", "warning", n=50)
+    a = assess(evaluate(traces, cfg, cands), Goal.parse("maximise csi"))
+    assert (a.out_of_sample.hits, a.out_of_sample.misses, a.out_of_sample.false_alarms) == (6, 0, 0)
+    assert a.chosen is not None and abs(a.chosen.candidate.value - TRUE_THRESHOLD) <= spacing
 
 
 # Six events whose depth bumps to a peak at 04:00 (onset of the wet ones at the peak).
@@ -261,7 +276,7 @@ def test_ladder_scores(ladder):
     ("minimise far", 0.50),
 ])
 def test_recommendation_follows_the_goal(ladder, goal, expected):
-    best = recommend(list(ladder.values()), Goal.parse(goal))
+    best = assess(list(ladder.values()), Goal.parse(goal)).in_sample
     assert best is not None and best.candidate.value == expected
 
 
@@ -454,7 +469,7 @@ def test_always_warning_is_refused_and_scores_nothing_in_time(cfg):
     assert always.trivial == "always" and always.warned_share == 1.0 and always.pss == 0.0
     assert always.hours.d == 0.0 and always.hours.b > 0
     a = assess(list(scored.values()), Goal.parse("maximise csi"))
-    assert a.chosen is not None and a.chosen.candidate.value == 0.35
+    assert a.in_sample is not None and a.in_sample.candidate.value == 0.35
     assert a.refused["always"] == (0.0,) and "warn always and were refused" in a.reason
     # only the always-on value left: nothing is recommended
     a = assess([always], Goal.parse("maximise csi"))
@@ -472,7 +487,8 @@ def test_leave_one_event_out_scores_what_tuning_would_have_done(ladder):
     oos = a.out_of_sample
     assert (oos.hits, oos.late, oos.misses, oos.false_alarms) == (3, 0, 1, 1)
     assert "leave-one-event-out over 6 events" in a.validation
-    assert a.chosen is not None and a.chosen.candidate.value == 0.35
+    # the configured 0.50 scores CSI 0.75 on the same events: tuning would not have helped
+    assert a.chosen is None and "its csi (0.60) is no better than that of the configured 0.5" in a.reason
     # baselines on the same events: never warns (4 misses), always covers all (2 false
     # alarms: the dry events), persistence only detects (no forecast hit)
     assert (a.baselines["never"].misses, a.baselines["always"].false_alarms) == (4, 2)
@@ -488,8 +504,10 @@ def test_split_by_date_tunes_on_the_early_events_and_checks_on_the_late(cfg):
     # 0.25 -> 2/4, 0.35 -> 2/3, 0.45 -> 1/3, 0.50 -> 1/2: 0.35; checked on the 0.75 and
     # 0.90 events: two hits
     a = assess(scored, Goal.parse("maximise csi"), holdout_from=T0 + 4 * 24 * H)
-    assert a.chosen.candidate.value == 0.35
+    assert a.in_sample.candidate.value == 0.35
     assert (a.out_of_sample.hits, a.out_of_sample.misses, a.out_of_sample.false_alarms) == (2, 0, 0)
+    # the configured 0.50 also warns in time for both late events: no better, no change
+    assert a.chosen is None and "no better than that of the configured 0.5" in a.reason
     assert "tuned on the 4 events before" in a.validation and "the 2 from then on" in a.validation
     with pytest.raises(TuningError, match="no event starts on or after"):
         assess(scored, Goal.parse("maximise csi"), holdout_from=T0 + 30 * 24 * H)
