@@ -521,11 +521,16 @@ def _verification(cfg: Config, event: Event, timeline: dict[str, dict[str, Any]]
             for n in BASELINES:
                 base_totals[spec.name][n] = base_totals[spec.name][n] + base[n]
             used.add(spec.name)
+            # the reasons of the decision that opened each period: the criteria that held
+            why = {p.start: next((list(ch.get("reasons") or []) for ch in timeline[code]["changes"]
+                                  if ch["time"] == p.start and ch["level"] >= spec.rank), []) for p in periods}
             zones[code][spec.name] = {**_counts(c), "title": spec.title,
-                                      "periods": [{"start": p.start, "end": p.end, "raised_by": p.trigger}
-                                                  for p in periods],
+                                      "periods": [{"start": p.start, "end": p.end, "raised_by": p.trigger,
+                                                   "reasons": why[p.start]} for p in periods],
                                       "outcomes": [{"onset": o.onset, "outcome": o.kind, "raised_by": o.trigger,
-                                                    "lead_min": None if o.lead is None else o.lead.total_seconds() / 60}
+                                                    "lead_min": None if o.lead is None else o.lead.total_seconds() / 60,
+                                                    "reasons": why.get(o.onset - o.lead, []) if o.lead is not None
+                                                    else []}
                                                    for o in c.outcomes],
                                       "baselines": {n: _counts(b) for n, b in base.items()},
                                       "skill": skill_against(c, base),

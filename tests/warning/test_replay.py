@@ -212,6 +212,8 @@ def test_replay_cli_reports_the_hit_for_the_flooded_town(site):
     # forecast hit, not a detection; beside it the baselines on the same afternoon
     row = next(iter(data["verification"]["zones"]["MB-TOWN"].values()))
     assert [(o["outcome"], o["raised_by"]) for o in row["outcomes"]] == [("hit", "forecast")]
+    # ... and it names the criterion that raised it
+    assert any("forecast peak depth" in r for r in row["outcomes"][0]["reasons"])
     assert row["baselines"]["never"]["misses"] == 1 and row["baselines"]["persistence"]["forecast_hits"] == 0
     assert "1 in time by forecast" in " ".join(res.output.split())
 
