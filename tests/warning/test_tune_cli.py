@@ -41,7 +41,7 @@ def test_tune_recommends_and_writes_only_when_asked(tmp_path, monkeypatch):
             f'MB-TOWN = [{onset if wet else ""}]\nHILLTOP = []\n')
     before = cfg_path.read_text()
     args = ["tune", "--config", str(cfg_path), "--events", str(events), "--zone", "MB-TOWN", "--level",
-            "warning", "--candidates", "12", "--workers", "2", "--step-minutes", "60",
+            "warning", "--candidates", "12", "--workers", "1", "--step-minutes", "60",
             "--goal", "maximise pss"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
