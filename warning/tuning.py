@@ -28,10 +28,12 @@ Then:
   touching only the threshold string (comments and layout kept);
 - :func:`pod_far_plot` and :func:`scores_table` report.
 
-What the tuner does not check: the ordering of levels. A ``warning`` threshold tuned above
-the ``severe`` one is legal config (a zone then goes straight to severe); the verified
-periods count any level at or above the verified one, so such a candidate scores as if its
-threshold were the severe one.
+Ordering of levels: a candidate that would warn at a level *before* a lower level on the
+same metric (a ``severe`` discharge threshold below the ``warning`` one) is refused, as a
+value that warns always or never is: the events give one flood onset per zone, so scored
+against them a higher level can only gain by being raised earlier, and the levels would
+lose their meaning. A threshold tuned above the next level's is legal config (a zone then
+goes straight to the higher level) and is scored as such.
 """
 
 from __future__ import annotations
@@ -133,6 +135,9 @@ class Candidate:
     value: float
     current: float
     criterion_index: int = 0
+    #: the same metric's threshold at the highest lower level (``>=``: the candidate may not
+    #: go below it; ``<=``: not above it); None when no lower level uses the metric
+    floor: float | None = None
 
     @property
     def key(self) -> tuple[str, str, int, str, str]:
@@ -143,6 +148,13 @@ class Candidate:
     def text(self) -> str:
         """The criterion as written in the config, e.g. ``forecast_peak_depth_m >= 0.42``."""
         return f"{self.metric} {self.op} {self.value:g}"
+
+    @property
+    def below_lower_level(self) -> bool:
+        """True when this value would warn at its level before a lower level does."""
+        if self.floor is None:
+            return False
+        return self.value < self.floor if self.op in (">=", ">") else self.value > self.floor
 
     @property
     def cautious_key(self) -> float:
@@ -361,8 +373,11 @@ def candidate_grid(
         grid.append(crit.value)
     if not grid:
         raise TuningError("no candidate values to try")
+    lower = [c.value for other in cfg.level_specs(zone_cfg) if other.rank < spec.rank
+             for c in other.criteria if (c.metric, c.op) == (crit.metric, crit.op)]
+    floor = (max(lower) if crit.op in (">=", ">") else min(lower)) if lower else None
     return [Candidate(zone=zone, level=level, metric=crit.metric, op=crit.op, value=v,
-                      current=crit.value, criterion_index=index)
+                      current=crit.value, criterion_index=index, floor=floor)
             for v in sorted(set(grid))]
 
 
@@ -809,13 +824,16 @@ def _pick(scores: Sequence[CandidateScore], goal: Goal
     head = f"{c.zone} {c.level} {c.metric}"
     events, floods = scores[0].events, scores[0].floods
     refused = {kind: tuple(s.candidate.value for s in scores if s.trivial == kind) for kind in ("always", "never")}
+    refused["before a lower level"] = tuple(s.candidate.value for s in scores
+                                            if s.trivial is None and s.candidate.below_lower_level)
     if events < MIN_EVENTS or floods < MIN_FLOODS:
         return None, (f"{head}: too few events to tune: {events} event(s) observe the zone, with "
                       f"{floods} flood(s); at least {MIN_EVENTS} events and {MIN_FLOODS} floods are "
                       "needed (add past storms, and dry spells, to the catalogue)"), refused
-    rest = [s for s in scores if s.trivial is None]
+    rest = [s for s in scores if s.trivial is None and not s.candidate.below_lower_level]
     if not rest:
-        return None, f"{head}: no recommendation: every candidate warns always or never", refused
+        return None, (f"{head}: no recommendation: every candidate warns always or never, or before a "
+                      "lower level"), refused
     eligible = [s for s in rest if not goal.failures(s) and not math.isnan(goal.value(s))]
     if not eligible:
         return None, _why_none(rest, goal), refused
@@ -835,7 +853,8 @@ def _refused_text(refused: Mapping[str, Sequence[float]]) -> str:
     for kind, values in refused.items():
         if values:
             span = f"{min(values):g}" if len(values) == 1 else f"{min(values):g} to {max(values):g}"
-            parts.append(f"{len(values)} value(s) ({span}) warn {kind} and were refused")
+            what = "would warn before a lower level" if kind == "before a lower level" else f"warn {kind}"
+            parts.append(f"{len(values)} value(s) ({span}) {what} and were refused")
     return "; ".join(parts)
 
 

@@ -524,3 +524,18 @@ def test_a_threshold_that_only_warns_late_is_not_recommended(cfg):
     a = assess(scored, Goal.parse("maximise csi"))
     assert a.chosen is None and "does not beat the baselines" in a.reason
     assert "than persistence of the observation" in a.reason
+
+
+def test_a_level_may_not_warn_before_the_level_below_it(cfg):
+    # HILLTOP: advisory at 0.15 m of forecast depth, warning at 0.50 m. A warning value of
+    # 0.12 m would raise the warning before the advisory: refused, whatever it scores
+    traces = ladder_traces()
+    cands = candidate_grid(traces, cfg, "HILLTOP", "warning", values=[0.12, 0.35])
+    assert {c.value: c.floor for c in cands} == {0.12: 0.15, 0.35: 0.15, 0.50: 0.15}
+    assert [c.value for c in cands if c.below_lower_level] == [0.12]
+    a = assess(evaluate(traces, cfg, cands), Goal.parse("maximise pod"))
+    assert a.refused["before a lower level"] == (0.12,) and a.in_sample.candidate.value == 0.35
+    assert "would warn before a lower level and were refused" in a.reason
+    # the lowest level has nothing below it
+    (adv,) = candidate_grid(traces, cfg, "HILLTOP", "advisory", values=[0.01], include_current=False)
+    assert adv.floor is None and not adv.below_lower_level
