@@ -208,6 +208,19 @@ class ReportRow(Base):
     text: Mapped[str] = mapped_column(Text)
 
 
+class InboundRow(Base):
+    """A resident's text, by the provider's message id, once acted on: a request replayed
+    with the same ``MessageSid`` (a provider retry, or a captured signed request sent
+    again) gets the stored reply and changes nothing. No phone number is kept."""
+
+    __tablename__ = "inbound_messages"
+    sid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    received: Mapped[datetime]
+    kind: Mapped[str] = mapped_column(String(16))
+    #: the reply sent (None while the command is being carried out)
+    reply: Mapped[str | None] = mapped_column(Text)
+
+
 ROLES = ("manager", "operator")
 """Console and CLI roles: managers approve or reject held notices; operators watch, run
 and replay, but do not decide what the public is told."""

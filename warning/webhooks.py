@@ -66,7 +66,7 @@ from alerts.inbound import (
 )
 
 from .errors import ConfigError, FloodwarnError
-from .storage import DeliveryRow, OutboxRow, ReportRow, Store, Subscriber, utcnow
+from .storage import DeliveryRow, InboundRow, OutboxRow, ReportRow, Store, Subscriber, utcnow
 from .subscribers import PhoneVault, SubscriberRegistry, erase_number, normalise_phone
 
 log = logging.getLogger(__name__)
@@ -343,7 +343,7 @@ class TwilioWebhooks:
         except _Rejected as rej:
             return rej.response()
         command = parse_inbound(form.get("Body") or "")
-        reply = await run_in_threadpool(self._act, command, phone, sid)
+        reply = await run_in_threadpool(self._act_once, command, phone, sid)
         twiml = MessagingResponse()
         if reply:
             twiml.message(reply)
@@ -366,6 +366,36 @@ class TwilioWebhooks:
                 return ", ".join(shown) + ", ..."
             shown.append(code)
         return ", ".join(shown) or "(none yet)"
+
+    def _act_once(self, command: InboundCommand, phone: str, sid: str) -> str:
+        """:meth:`_act`, once per ``MessageSid``: a replayed request (same sid) gets the
+        reply stored the first time and changes nothing (a replayed STOP cannot opt out a
+        resident who has since texted START)."""
+        now = self.clock()
+        try:
+            with self.store.session.begin() as s:
+                s.add(InboundRow(sid=sid, received=now, kind=command.kind))
+        except IntegrityError:
+            with self.store.session() as s:
+                row = s.get(InboundRow, sid)
+                reply = row.reply if row is not None else None
+            log.warning("inbound message %s was already received (%s): replay ignored, nothing "
+                        "changed", sid, row.kind if row is not None else "?")
+            self._audit("inbound_replay", {"message_sid": sid, "kind": command.kind}, now=now)
+            return reply or ""
+        try:
+            reply = self._act(command, phone, sid)
+        except BaseException:
+            with self.store.session.begin() as s:  # not acted on: a retry may try again
+                row = s.get(InboundRow, sid)
+                if row is not None:
+                    s.delete(row)
+            raise
+        with self.store.session.begin() as s:
+            row = s.get(InboundRow, sid)
+            if row is not None:
+                row.reply = reply
+        return reply
 
     def _act(self, command: InboundCommand, phone: str, sid: str) -> str:
         """Carry out ``command`` from ``phone``; return the reply text ("" for none).

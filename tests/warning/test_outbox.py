@@ -313,8 +313,10 @@ def test_opt_out_round_trip_stop_then_start(db_url, env):
                                        vault=PhoneVault(SECRET), region="US", zones={"Z1": "Millbrook"},
                                        sender_name="Millbrook Flood Warnings"))
 
-        def text(client, body: str) -> int:
-            form = {"From": phone(1), "To": "+15005550006", "Body": body, "MessageSid": "SM" + "a" * 32}
+        sids = iter(range(1, 100))
+
+        def text(client, body: str) -> int:  # each text its own MessageSid, as Twilio gives
+            form = {"From": phone(1), "To": "+15005550006", "Body": body, "MessageSid": f"SM{next(sids):032x}"}
             sig = RequestValidator(fake.auth_token).compute_signature(base + INBOUND_PATH, form)
             return client.post(INBOUND_PATH, data=form, headers={"X-Twilio-Signature": sig}).status_code
 

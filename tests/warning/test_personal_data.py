@@ -4,6 +4,8 @@ request (DELETE by SMS, ``floodwarn subscribers delete``)."""
 
 from __future__ import annotations
 
+import itertools
+
 import io
 import json
 import logging
@@ -267,8 +269,13 @@ def hooks(db_url, monkeypatch):
     store.dispose()
 
 
-def sms(h, body: str, phone: str = RESIDENT, sid: str = "SM" + "a" * 32) -> str:
-    """Text ``body`` from ``phone`` through the signed webhook; the reply's text."""
+_SIDS = itertools.count(1)
+
+
+def sms(h, body: str, phone: str = RESIDENT, sid: str | None = None) -> str:
+    """Text ``body`` from ``phone`` through the signed webhook (each text its own
+    MessageSid, as Twilio gives); the reply's text."""
+    sid = sid or f"SM{next(_SIDS):032x}"
     params = {"AccountSid": "AC" + "0" * 32, "MessageSid": sid, "From": phone, "To": "+15005550006",
               "Body": body}
     sig = RequestValidator(TOKEN).compute_signature(BASE + INBOUND_PATH, params)
@@ -387,7 +394,14 @@ def test_delete_from_an_unknown_number_is_answered_and_changes_nothing(hooks):
     before = table_dump(hooks.store)
     assert sms(hooks, "DELETE") == f"{SENDER}: this number is not on our list, so there is nothing to delete."
     assert sms(hooks, "BORRAR") == f"{SENDER}: this number is not on our list, so there is nothing to delete."
-    assert table_dump(hooks.store) == before
+    after = table_dump(hooks.store)
+    # only the ledger of message ids grew (so a replay is not acted on twice); it keeps no
+    # number, only the id, the time, the command and the reply
+    ledger = after.pop("inbound_messages")
+    before.pop("inbound_messages")
+    assert after == before
+    assert [row[2] for row in ledger] == ["delete", "delete"]
+    assert not any(RESIDENT[-7:] in str(v) for row in ledger for v in row)
 
 
 def test_delete_must_be_sent_alone(hooks):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import json
 import logging
 from datetime import UTC, datetime, timedelta
@@ -10,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import func, select
 from twilio.request_validator import RequestValidator
 
 from warning.errors import ConfigError
@@ -94,7 +96,13 @@ def status(h, sid: str, state: str, *, code: int | None = None, to: str = RESIDE
     return post(h, STATUS_PATH, params)
 
 
-def sms(h, body: str, phone: str = RESIDENT, sid: str = "SM" + "a" * 32):
+_SIDS = itertools.count(1)
+
+
+def sms(h, body: str, phone: str = RESIDENT, sid: str | None = None):
+    """A resident's text, each with its own MessageSid unless one is given (Twilio gives
+    every message its own; the same sid again is a replay)."""
+    sid = sid or f"SM{next(_SIDS):032x}"
     params = {"AccountSid": "AC" + "0" * 32, "MessageSid": sid, "SmsMessageSid": sid,
               "From": phone, "To": "+15005550006", "Body": body, "NumMedia": "0"}
     return post(h, INBOUND_PATH, params)
@@ -362,6 +370,31 @@ def test_inbound_statuses_are_acknowledged_but_not_stored(hooks):
 
 
 # --------------------------------------------------------------------------- inbound SMS
+
+def test_a_replayed_text_changes_nothing_and_gets_the_same_reply(hooks):
+    """A signed request sent again with the same MessageSid (a provider retry, or a captured
+    request replayed) is not acted on twice: a replayed STOP does not opt out a resident who
+    has since texted START."""
+    hooks.registry.add(RESIDENT, ["MB-TOWN"], consent_source="test")
+    stop_sid, start_sid = "SM" + "5" * 32, "SM" + "6" * 32
+    assert sms(hooks, "STOP", sid=stop_sid).text == EMPTY_TWIML
+    first = message_of(sms(hooks, "START", sid=start_sid))
+    assert subscriber(hooks).opted_out_at is None
+    # the STOP again, signed and valid, same sid: nothing changes
+    assert sms(hooks, "STOP", sid=stop_sid).text == EMPTY_TWIML
+    assert subscriber(hooks).opted_out_at is None
+    # the START again: the same reply as the first time, no second opt-in event
+    assert message_of(sms(hooks, "START", sid=start_sid)) == first
+    assert len(audits(hooks.store, "opt_out")) == 1 and len(audits(hooks.store, "opt_in")) == 1
+    assert [a.detail for a in audits(hooks.store, "inbound_replay")] == [
+        {"message_sid": stop_sid, "kind": "stop"}, {"message_sid": start_sid, "kind": "start"}]
+    # a report replayed is stored once
+    rid = "SM" + "7" * 32
+    sms(hooks, "REPORT water over the bridge", sid=rid)
+    sms(hooks, "REPORT water over the bridge", sid=rid)
+    with hooks.store.session() as s:
+        assert s.scalar(select(func.count()).select_from(ReportRow)) == 1
+
 
 def test_stop_opts_out_with_an_empty_reply_and_start_opts_back_in(hooks):
     sub_id = hooks.registry.add(RESIDENT, ["MB-TOWN"], consent_source="test")
