@@ -21,6 +21,7 @@ from fastapi import FastAPI, HTTPException, Query
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from pydantic import BaseModel
 from sqlalchemy import select, text
+from sqlalchemy.engine import make_url
 
 from .config import Config, read_zones
 from .errors import IngestError
@@ -222,21 +223,29 @@ def create_app(cfg: Config, *, store: Store | None = None, service: Any = None) 
                          html_url=notice_html_url(base, r.identifier)) for r in rows]
 
     # ------------------------------------------------------------------ health
-    @app.get("/health", tags=["operations"])
-    def health() -> dict[str, Any]:
-        """Scheduler, feeds, database and open data problems.
-
-        ``status`` is "down" (database or scheduler not running), "degraded" (open data
-        problems, listed in ``problems``) or "ok"; ``ok`` is false when down or when the
-        last forecast cycle failed.
-        """
-        db_ok, db_detail = True, "ok"
+    def database_check() -> tuple[bool, str]:
+        """The database answers a query on the schema; a SQLite file is still a file (an
+        open connection keeps answering after the file is removed or replaced)."""
         try:
+            u = make_url(store.url)
+            if u.get_backend_name() == "sqlite" and u.database not in (None, "", ":memory:"):
+                path = Path(u.database)
+                if not path.is_file():
+                    what = "a folder" if path.is_dir() else "missing"
+                    return False, f"database file {path} is {what}"
             with store.engine.connect() as c:
-                c.execute(text("SELECT 1"))
+                c.execute(text("SELECT 1 FROM runs LIMIT 1"))
         except Exception as exc:  # noqa: BLE001  (report, never crash the health check)
-            db_ok, db_detail = False, f"{type(exc).__name__}: {exc}"
+            return False, f"{type(exc).__name__}: {exc}"
+        return True, "ok"
+
+    def health_report() -> tuple[dict[str, Any], list[str], list[str]]:
+        """The health document, the reasons it is failing (503), and the further reasons
+        the service is not ready (no cycle has succeeded yet)."""
+        db_ok, db_detail = database_check()
         sched: dict[str, Any] = {"running": False}
+        failing: list[str] = [] if db_ok else [f"database: {db_detail}"]
+        not_ready: list[str] = []
         if service is not None:
             st = service.state
             last = st.cycles[-1] if st.cycles else None
@@ -247,6 +256,16 @@ def create_app(cfg: Config, *, store: Store | None = None, service: Any = None) 
                      "last_cycle": None if last is None else {"at": last.at.isoformat(), "ok": last.ok,
                                                               "seconds": round(last.seconds, 2),
                                                               "detail": last.detail}}
+            if not st.running:
+                failing.append("scheduler: not running")
+            if last is not None and not last.ok:
+                failing.append(f"forecast cycle: the last one ({last.at:%Y-%m-%d %H:%M}Z) failed: "
+                               f"{last.detail or st.last_error or 'no detail'}")
+            if not any(c.ok for c in st.cycles):
+                not_ready.append("forecast cycle: none has succeeded yet")
+            for name, f in st.feeds.items():
+                if f.state.startswith(("stale", "error")):
+                    failing.append(f"feed {name}: {f.state}")
         feeds = {} if service is None else {
             name: {"state": f.state, "last_data": f.last_data.isoformat() if f.last_data else None,
                    "checked": f.checked.isoformat(timespec="seconds") if f.checked else None}
@@ -256,11 +275,43 @@ def create_app(cfg: Config, *, store: Store | None = None, service: Any = None) 
             for p in list(service.state.problems.values())]
         down = not db_ok or (service is not None and not sched["running"])
         status = "down" if down else "degraded" if problems else "ok"
-        # "ok" is what a monitor pages on: the database or scheduler is down, or the last
-        # forecast cycle failed; data problems the cycles run around only degrade it
-        ok = not down and not any(p["key"] == "cycle" for p in problems)
-        return {"ok": ok, "status": status, "problems": problems, "database": db_detail,
-                "scheduler": sched, "feeds": feeds}
+        ok = not failing and not any(p["key"] == "cycle" for p in problems)
+        return ({"ok": ok, "status": status, "reasons": failing, "problems": problems, "database": db_detail,
+                 "scheduler": sched, "feeds": feeds}, failing, not_ready)
+
+    def _json(body: dict[str, Any], code: int) -> Response:
+        from fastapi.responses import JSONResponse
+
+        return JSONResponse(body, status_code=code)
+
+    @app.get("/health", tags=["operations"],
+             responses={503: {"description": "failing: the reasons are listed in `reasons`"}})
+    def health() -> Response:
+        """Scheduler, feeds, database, the last forecast cycle and open data problems.
+
+        Answers **503** with ``reasons`` when the database does not answer (or its file is
+        gone), the scheduler is not running, the last forecast cycle failed, or a feed is
+        past its allowed delay or in error; otherwise 200. ``status`` is "down" (database
+        or scheduler), "degraded" (open data problems, listed in ``problems``) or "ok".
+        """
+        body, failing, _ = health_report()
+        return _json(body, 503 if failing or not body["ok"] else 200)
+
+    @app.get("/health/live", tags=["operations"],
+             responses={503: {"description": "the scheduler has stopped: restart the process"}})
+    def live() -> Response:
+        """Liveness: the process answers and its scheduler runs (503 when it has stopped)."""
+        running = service is None or bool(service.state.running)
+        return _json({"alive": running, "scheduler_running": running}, 200 if running else 503)
+
+    @app.get("/health/ready", tags=["operations"],
+             responses={503: {"description": "not ready: the reasons are listed in `reasons`"}})
+    def ready() -> Response:
+        """Readiness: healthy (as ``/health``) and at least one forecast cycle has
+        succeeded, so the warnings shown come from this service's data (503 otherwise)."""
+        body, failing, not_ready = health_report()
+        reasons = failing + not_ready
+        return _json({"ready": not reasons, "reasons": reasons}, 200 if not reasons else 503)
 
     # ------------------------------------------------------------------ console
     from .console import make_console
