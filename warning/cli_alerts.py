@@ -16,6 +16,7 @@ import typer
 from rich.table import Table
 
 from .cli import ConfigOpt, _friendly, _parse_time, _setup_logging, app, console
+from .errors import FloodwarnError
 
 subscribers_app = typer.Typer(help="Residents subscribed by SMS: add, import, export, delete, list.",
                               no_args_is_help=True)
@@ -41,6 +42,51 @@ def operators_add(config: ConfigOpt, name: Annotated[str, typer.Argument(help="s
     _cfg, store = _open(config)
     add_operator(store, name, password, role)
     console.print(f"operator {name} ({role}) can sign in at /console")
+
+
+@operators_app.command("passwd")
+@_friendly
+def operators_passwd(config: ConfigOpt, name: Annotated[str, typer.Argument(help="sign-in name")]) -> None:
+    """Set a new password for an operator (asked for, or FLOODWARN_OPERATOR_PASSWORD[_FILE]);
+    every console session signed in with the old one ends at once."""
+    from .console import add_operator
+    from .secrets import env_secret
+    from .storage import Operator
+
+    _cfg, store = _open(config)
+    with store.session() as s:
+        row = s.get(Operator, name)
+        if row is None:
+            raise FloodwarnError(f"no operator named {name!r}; add one with 'floodwarn operators add'")
+        role = row.role
+    password = env_secret("FLOODWARN_OPERATOR_PASSWORD") or typer.prompt(
+        "new password (at least 10 characters)", hide_input=True, confirmation_prompt=True)
+    add_operator(store, name, password, role)
+    console.print(f"new password set for {name}; their console sessions have ended")
+
+
+@operators_app.command("remove")
+@_friendly
+def operators_remove(config: ConfigOpt, name: Annotated[str, typer.Argument(help="sign-in name")]) -> None:
+    """Remove an operator: they can no longer sign in, and their console sessions end at once."""
+    from .console import remove_operator
+
+    _cfg, store = _open(config)
+    ended = remove_operator(store, name)
+    console.print(f"operator {name} removed; {ended} console session(s) ended")
+
+
+@operators_app.command("list")
+@_friendly
+def operators_list(config: ConfigOpt) -> None:
+    """The operators, their roles and open console sessions (never a password hash)."""
+    from .console import list_operators
+
+    _cfg, store = _open(config)
+    table = Table("name", "role", "open sessions", title="console operators")
+    for op in list_operators(store):
+        table.add_row(op["name"], op["role"], str(op["sessions"]))
+    console.print(table)
 
 
 def _open(config: Path):

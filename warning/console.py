@@ -16,19 +16,19 @@ import hmac
 import io
 import secrets
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable
 
 import jinja2
 from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from sqlalchemy import select
+from sqlalchemy import delete, func, select
 
 from .config import Config
 from .errors import FloodwarnError
 from .secrets import env_secret
-from .storage import ROLES, AuditRow, Operator, ReportRow, Store, ZoneStateRow, utcnow
+from .storage import ROLES, AuditRow, Operator, ReportRow, SessionRow, Store, ZoneStateRow, utcnow
 
 COOKIE = "floodwarn_session"
 SESSION_S = 12 * 3600
@@ -78,37 +78,83 @@ def add_operator(store: Store, name: str, password: str, role: str = "manager") 
         row = s.get(Operator, name)
         if row is None:
             s.add(Operator(name=name, password_hash=hash_password(password), role=role))
-        else:
+            ended = 0
+        else:  # a new password ends the sessions signed in with the old one
             row.password_hash, row.role = hash_password(password), role
-        store.audit(s, "operator_set", {"operator": name, "role": role})
+            ended = end_sessions(store, name, s)
+        store.audit(s, "operator_set", {"operator": name, "role": role, "sessions_ended": ended})
 
 
 # --------------------------------------------------------------------------- sessions
 class Sessions:
-    def __init__(self, key: bytes):
-        self.key = key
+    """Console sessions kept in the database: the cookie is a random token; the server
+    keeps its SHA-256 with the operator and the expiry, so a session ends at once when it
+    signs out, when the operator's password changes or when the operator is removed (see
+    :func:`end_sessions`). CSRF tokens are an HMAC of the session token."""
 
-    def _sign(self, text: str) -> str:
-        return hmac.new(self.key, text.encode(), hashlib.sha256).hexdigest()
+    def __init__(self, key: bytes, store: Store):
+        self.key, self.store = key, store
 
-    def issue(self, name: str, now: float | None = None) -> str:
-        body = f"{name}|{int((now or time.time()) + SESSION_S)}|{secrets.token_hex(8)}"
-        return base64.urlsafe_b64encode(f"{body}|{self._sign(body)}".encode()).decode()
+    @staticmethod
+    def _hash(token: str) -> str:
+        return hashlib.sha256(token.encode()).hexdigest()
+
+    def issue(self, name: str) -> str:
+        token = secrets.token_urlsafe(32)
+        now = utcnow()
+        with self.store.session.begin() as s:
+            s.add(SessionRow(token_hash=self._hash(token), operator=name, created=now,
+                             expires=now + timedelta(seconds=SESSION_S)))
+        return token
 
     def read(self, token: str | None) -> str | None:
-        """The operator's name, or None for a missing, forged or expired cookie."""
-        if not token:
+        """The operator's name, or None for a missing, unknown, ended or expired session
+        (or one whose operator no longer exists)."""
+        if not token or len(token) > 200:
             return None
-        try:
-            name, expiry, nonce, sig = base64.urlsafe_b64decode(token.encode()).decode().split("|")
-        except (ValueError, UnicodeDecodeError):
-            return None
-        if not hmac.compare_digest(sig, self._sign(f"{name}|{expiry}|{nonce}")) or int(expiry) < time.time():
-            return None
-        return name
+        with self.store.session() as s:
+            row = s.get(SessionRow, self._hash(token))
+            if row is None or row.expires <= utcnow() or s.get(Operator, row.operator) is None:
+                return None
+            return row.operator
+
+    def end(self, token: str | None) -> None:
+        if token:
+            with self.store.session.begin() as s:
+                s.execute(delete(SessionRow).where(SessionRow.token_hash == self._hash(token)))
 
     def csrf(self, token: str) -> str:
-        return self._sign("csrf|" + token)
+        return hmac.new(self.key, ("csrf|" + token).encode(), hashlib.sha256).hexdigest()
+
+
+def end_sessions(store: Store, name: str, s: Any = None) -> int:
+    """End every console session of operator ``name``; the number ended."""
+    if s is None:
+        with store.session.begin() as s2:
+            return end_sessions(store, name, s2)
+    return s.execute(delete(SessionRow).where(SessionRow.operator == name)).rowcount or 0
+
+
+def remove_operator(store: Store, name: str) -> int:
+    """Remove operator ``name`` and end their sessions; the number of sessions ended."""
+    with store.session.begin() as s:
+        row = s.get(Operator, name)
+        if row is None:
+            raise FloodwarnError(f"no operator named {name!r}")
+        ended = end_sessions(store, name, s)
+        s.delete(row)
+        store.audit(s, "operator_removed", {"operator": name, "sessions_ended": ended})
+    return ended
+
+
+def list_operators(store: Store) -> list[dict[str, Any]]:
+    """Name, role and number of open console sessions of each operator."""
+    now = utcnow()
+    with store.session() as s:
+        ops = s.scalars(select(Operator).order_by(Operator.name)).all()
+        open_ = dict(s.execute(select(SessionRow.operator, func.count()).where(SessionRow.expires > now)
+                               .group_by(SessionRow.operator)).all())
+        return [{"name": o.name, "role": o.role, "sessions": int(open_.get(o.name, 0))} for o in ops]
 
 
 def _session_key() -> bytes:
@@ -129,7 +175,7 @@ def make_console(cfg: Config, store: Store, *, site: Callable[[], Any] | None = 
     from .alerting import publisher
     from .outbox import decide_approval, pending_approvals
 
-    sessions = Sessions(_session_key())
+    sessions = Sessions(_session_key(), store)
     r = APIRouter(prefix="/console", include_in_schema=False)
     by_rank = {rank: lv for rank, lv in enumerate(cfg.levels, start=1)}
 
@@ -175,6 +221,7 @@ def make_console(cfg: Config, store: Store, *, site: Callable[[], Any] | None = 
     @r.post("/logout")
     def logout(request: Request, csrf: str = Form("")) -> Response:
         check_csrf(request, csrf)
+        sessions.end(request.cookies.get(COOKIE))  # the cookie is worthless from now on
         resp = RedirectResponse("/console/login", status_code=303)
         resp.delete_cookie(COOKIE, path="/console")
         return resp

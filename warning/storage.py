@@ -236,6 +236,18 @@ class Operator(Base):
     role: Mapped[str] = mapped_column(String(20), default="manager")
 
 
+class SessionRow(Base):
+    """A console sign-in, kept on the server: the cookie holds a random token, this row its
+    SHA-256. Signing out, a new password or removing the operator deletes the rows, which
+    ends those sessions at once."""
+
+    __tablename__ = "console_sessions"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    operator: Mapped[str] = mapped_column(String(120), index=True)
+    created: Mapped[datetime]
+    expires: Mapped[datetime]
+
+
 class LeaseRow(Base):
     """A named lock with an expiry, shared by every process on the database."""
 
