@@ -143,10 +143,8 @@ def replay(event_file: Annotated[Path, typer.Argument(help="event file (TOML) de
 
 
 def _print_levels(res) -> None:
-    from alerts.levels import raised_by
-
-    from .tuning import observation_arrival
-    from .verification import BASELINES, baseline_periods, periods_from_levels, scores, verify
+    from .tuning import EventSeries, triggered
+    from .verification import BASELINES, periods_from_levels, scores
 
     cfg, ev = res.config, res.event
     table = Table("zone", "level changes (simulated time)", "verification", title="warnings")
@@ -158,29 +156,22 @@ def _print_levels(res) -> None:
                                            c.metrics.get(d["zone"], {})))
     verified = set(ev.verified_zones(cfg))
     cycles = [c.at for c in res.trace.cycles]
-    arrival = observation_arrival(cfg)
-    window = (ev.start, ev.end)
     for zone, ch in changes.items():
         text = "; ".join(f"{t:%d %H:%M} {name}" for t, _lvl, name, _p, _m in ch) or "no warning"
         ver = ""
         if zone in verified:
             specs = cfg.level_specs(next(z for z in cfg.zones if z.code == zone))
-            floods = ev.floods(zone)
-            seen = [(arrival(a), arrival(b)) for a, b in floods]
-            kw = dict(tolerance=ev.tolerance, floods=floods, window=window, lead_window=ev.lead_window)
+            series = EventSeries.of(ev, zone, cfg, cycles)
+            plain = [(t, lvl, prev, m) for t, lvl, _n, prev, m in ch]
             parts = []
             for spec in specs:
-                marked = [(t, lvl, raised_by(specs, m, max(spec.rank, prev + 1), lvl) if lvl > prev else "none")
-                          for t, lvl, _n, prev, m in ch]
-                c = verify(periods_from_levels(marked, spec.rank), ev.observed[zone], **kw)
+                c = series.verify(periods_from_levels(triggered(plain, specs, spec.rank), spec.rank))
                 if not (c.hits or c.late or c.misses or c.false_alarms):
                     continue
                 s = scores(c)
                 lead = f", lead {_fmt_lead(s['median_lead_min'])}" if c.lead_times else ""
                 det = f", {c.detections} detected by observation" if c.detections else ""
-                base = " ".join(
-                    f"{n} {_num(scores(verify(baseline_periods(n, seen, window, cycles), ev.observed[zone], **kw))['pss_time'])}"
-                    for n in BASELINES)
+                base = " ".join(f"{n} {_num(scores(series.baseline(n))['pss_time'])}" for n in BASELINES)
                 parts.append(f"{spec.name}: {c.forecast_hits} in time by forecast{lead}{det}, {c.late} late, "
                              f"{c.misses} missed, {c.false_alarms} false; PSS {_num(s['pss_time'])} "
                              f"(baselines {base})")

@@ -153,17 +153,13 @@ class ForecastSourceConfig(_Model):
 
     def source_settings(self, resolve) -> dict[str, Any]:
         """Constructor settings for the source (netcdf keeps its historical keys); the
-        delivery delay is not the source's (a replay applies it: ``usable_at``)."""
+        delivery delay is not the source's (the replay's ``ForecastGate`` applies it)."""
         base: dict[str, Any] = {"path": resolve(self.path)}
         if self.kind == "netcdf":
             base |= {"pattern": self.pattern, "variable": self.variable}
         if self.units is not None:
             base["units"] = self.units
         return {**base, **self.settings}
-
-    def usable_at(self, issued: datetime) -> datetime:
-        """When an issue of this source issued at ``issued`` is in hand."""
-        return availability.forecast_usable_at(issued, self.delay_minutes)
 
 
 class GaugeSourceConfig(_Model):

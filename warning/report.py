@@ -41,15 +41,7 @@ from .config import Config
 from .errors import FloodwarnError
 from .events import Event, EventTrace
 from .storage import AlertRow, AuditRow, OutboxRow, Run, Store, Subscriber, utcnow
-from .verification import (
-    BASELINES,
-    Contingency,
-    baseline_periods,
-    periods_from_levels,
-    scores,
-    skill_against,
-    verify,
-)
+from .verification import BASELINES, Contingency, periods_from_levels, scores, skill_against
 
 __all__ = ["ReportFiles", "build_report"]
 
@@ -482,9 +474,7 @@ def _verification(cfg: Config, event: Event, timeline: dict[str, dict[str, Any]]
     detected by an observation), late or missed, the false alarms, the hours in time, the
     baselines (never, always, persistence) on the same event and the skill against them;
     and totals."""
-    from alerts.levels import raised_by
-
-    from .tuning import observation_arrival
+    from .tuning import EventSeries, triggered
 
     zones: dict[str, dict[str, Any]] = {}
     totals: dict[str, Contingency] = {lv["name"]: Contingency() for lv in levels}
@@ -494,29 +484,22 @@ def _verification(cfg: Config, event: Event, timeline: dict[str, dict[str, Any]]
     zcfg = {z.code: z for z in cfg.zones}
     metrics = {r.id: (r.summary or {}).get("metrics", {}) for r in runs}
     cycles = sorted(r.at for r in runs)
-    arrival = observation_arrival(cfg)
-    window = (event.start, event.end)
     detect_only: dict[str, list[str]] = {}
     for code in event.verified_zones(cfg):
         specs = cfg.level_specs(zcfg[code])
-        floods = event.floods(code)
-        seen = [(arrival(t0), arrival(t1)) for t0, t1 in floods]
-        onsets = event.observed[code]
+        series = EventSeries.of(event, code, cfg, cycles)
+        # each level change with the zone's metrics of the run that made it
+        changes = [(ch["time"], ch["level"], int(ch["previous"] or 0),
+                    {k: (math.nan if v is None else float(v))
+                     for k, v in (metrics.get(ch["run_id"], {}).get(code) or {}).items()})
+                   for ch in timeline[code]["changes"]]
         zones[code] = {}
         detect_only[code] = [f"{spec.title}: {c.metric} {c.op} {c.value:g}" for spec in specs
                              for c in spec.criteria if c.observed]
         for spec in specs:
-            changes = []
-            for ch in timeline[code]["changes"]:
-                m = {k: (math.nan if v is None else float(v)) for k, v in
-                     (metrics.get(ch["run_id"], {}).get(code) or {}).items()}
-                prev = int(ch["previous"] or 0)
-                trig = raised_by(specs, m, max(spec.rank, prev + 1), ch["level"]) if ch["level"] > prev else "none"
-                changes.append((ch["time"], ch["level"], trig))
-            periods = periods_from_levels(changes, spec.rank)
-            kw = dict(tolerance=event.tolerance, floods=floods, window=window, lead_window=event.lead_window)
-            c = verify(periods, onsets, **kw)
-            base = {n: verify(baseline_periods(n, seen, window, cycles), onsets, **kw) for n in BASELINES}
+            periods = periods_from_levels(triggered(changes, specs, spec.rank), spec.rank)
+            c = series.verify(periods)
+            base = {n: series.baseline(n) for n in BASELINES}
             totals[spec.name] = totals[spec.name] + c
             for n in BASELINES:
                 base_totals[spec.name][n] = base_totals[spec.name][n] + base[n]

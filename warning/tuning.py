@@ -62,10 +62,11 @@ from alerts.levels import LevelSpec, ZonePolicy, ZoneState, decide, raised_by
 
 from .config import _CRITERION, Config, ZoneConfig
 from .errors import FloodwarnError
-from .events import EventTrace
+from .events import Event, EventTrace
 from .verification import (
     BASELINES,
     Contingency,
+    EventCounts,
     TimeTable,
     baseline_periods,
     periods_from_levels,
@@ -77,7 +78,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "ALWAYS_SHARE", "MIN_EVENTS", "MIN_FLOODS", "Assessment", "Candidate", "CandidateScore", "Goal",
-    "GoalError", "GroupKey", "TuningError", "apply_changes", "assess", "by_criterion", "candidate_grid", "config_diff", "decisions_for", "evaluate",
+    "GoalError", "GroupKey", "TuningError", "apply_changes", "assess", "by_criterion", "candidate_grid", "config_diff", "decisions_for", "evaluate", "EventSeries",
     "pod_far_plot", "recommend", "recommendation", "scores_table", "triggered",
 ]
 
@@ -164,7 +165,7 @@ class Candidate:
 
 
 @dataclass(frozen=True)
-class CandidateScore:
+class CandidateScore(EventCounts):
     """Verification of one candidate over the catalogue (in sample: every event).
 
     ``pod``, ``far``, ``csi`` are event scores (late detections count as misses); ``pss``,
@@ -218,14 +219,6 @@ class CandidateScore:
                    warned_share=sc["warned_share"], forecast_pod=sc["forecast_pod"],
                    per_event=tuple(per_event), event_starts=tuple(event_starts),
                    baselines=dict(baselines or {}), criterion_share=criterion_share)
-
-    @property
-    def forecast_hits(self) -> int:
-        return self.hits - self.detections
-
-    @property
-    def floods(self) -> int:
-        return self.hits + self.late + self.misses
 
     def lead_summary(self) -> dict[str, float]:
         """Forecast lead times of the hits, minutes: ``min``, ``q1``, ``median``, ``q3``,
@@ -459,7 +452,12 @@ def decisions_for(
 
 
 @dataclass(frozen=True)
-class _EventSeries:
+class EventSeries:
+    """One event as a zone's verification sees it: its cycle times (and the zone's metrics
+    in each), onsets, flood windows, window and lead window, and when persistence could see
+    each flood; :meth:`verify` scores warning periods on it, :meth:`baseline` a baseline.
+    Used by the tuner, the replay report and ``floodwarn replay`` alike."""
+
     times: tuple[datetime, ...]
     metrics: tuple[dict[str, float], ...]
     onsets: tuple[datetime, ...]
@@ -469,6 +467,16 @@ class _EventSeries:
     lead_window: timedelta = timedelta(0)
     #: persistence's floods: when the observation of each flood's onset and end arrived
     seen: tuple[tuple[datetime, datetime], ...] = ()
+
+    @classmethod
+    def of(cls, event: Event, zone: str, cfg: Config, times: Sequence[datetime],
+           metrics: Sequence[dict[str, float]] = ()) -> EventSeries:
+        """The series of ``zone`` over ``event`` with the cycles at ``times``."""
+        arrival = observation_arrival(cfg)
+        floods = tuple(event.floods(zone))
+        return cls(tuple(times), tuple(metrics), tuple(event.observed[zone]), event.tolerance, floods,
+                   (event.start, event.end), event.lead_window,
+                   tuple((arrival(t0), arrival(t1)) for t0, t1 in floods))
 
     def verify(self, periods) -> Contingency:
         return verify(periods, self.onsets, tolerance=self.tolerance, floods=self.floods,
@@ -486,20 +494,15 @@ class _ZoneInputs:
     zone: str
     levels: tuple[LevelSpec, ...]
     policy: ZonePolicy
-    events: tuple[_EventSeries, ...]
+    events: tuple[EventSeries, ...]
 
 
 def _zone_inputs(traces: Sequence[EventTrace], cfg: Config, zone: str) -> _ZoneInputs:
     zone_cfg = _zone_config(cfg, zone)
-    arrival = observation_arrival(cfg)
     events = []
     for trace in _verified(traces, cfg, zone):
         times, metrics = _series(trace, zone)
-        ev = trace.event
-        floods = tuple(ev.floods(zone))
-        events.append(_EventSeries(times, metrics, tuple(ev.observed[zone]), ev.tolerance, floods,
-                                   (ev.start, ev.end), ev.lead_window,
-                                   tuple((arrival(t0), arrival(t1)) for t0, t1 in floods)))
+        events.append(EventSeries.of(trace.event, zone, cfg, times, metrics))
     if not events:
         raise TuningError(f"no event observes zone {zone!r}: list it under [observed] in the "
                           "event files (with [] if it did not flood) to tune its thresholds")
@@ -795,10 +798,6 @@ class Assessment:
     refused: Mapping[str, tuple[float, ...]] = dataclass_field(default_factory=dict)
     validation: str = ""
     current: CandidateScore | None = None
-
-    @property
-    def beats_baselines(self) -> bool:
-        return self.chosen is not None
 
 
 def _subset(s: CandidateScore, keep: Sequence[int]) -> CandidateScore:

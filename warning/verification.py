@@ -47,7 +47,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-__all__ = ["BASELINES", "Contingency", "Outcome", "TimeTable", "WarningPeriod", "baseline_periods",
+__all__ = ["BASELINES", "Contingency", "EventCounts", "Outcome", "TimeTable", "WarningPeriod", "baseline_periods",
            "periods_from_levels", "scores", "skill_against", "table_scores", "time_table", "verify"]
 
 #: names of the baselines every score is shown beside
@@ -108,8 +108,28 @@ class TimeTable:
         return self.a + self.b
 
 
+class EventCounts:
+    """Counts derived from ``hits``, ``detections``, ``late`` and ``misses`` (shared by
+    :class:`Contingency` and the tuner's scores)."""
+
+    hits: int
+    detections: int
+    late: int
+    misses: int
+
+    @property
+    def forecast_hits(self) -> int:
+        """Floods warned in time by a forecast criterion (hits that are not detections)."""
+        return self.hits - self.detections
+
+    @property
+    def floods(self) -> int:
+        """Observed floods: in time, late or missed."""
+        return self.hits + self.late + self.misses
+
+
 @dataclass
-class Contingency:
+class Contingency(EventCounts):
     """Counts of one zone (or many, added up), the leads, the outcome of each onset and the
     hours in time. ``hits`` counts forecast hits and detections; ``detections`` the part
     raised by observations only. ``lead_times`` are the forecast hits' leads."""
@@ -131,14 +151,6 @@ class Contingency:
                            self.late + other.late, self.detections + other.detections,
                            self.detection_leads + other.detection_leads, self.late_by + other.late_by,
                            self.hours + other.hours, self.outcomes + other.outcomes)
-
-    @property
-    def forecast_hits(self) -> int:
-        return self.hits - self.detections
-
-    @property
-    def floods(self) -> int:
-        return self.hits + self.late + self.misses
 
 
 def periods_from_levels(changes: Iterable[tuple], level: int) -> list[WarningPeriod]:
