@@ -36,6 +36,18 @@ def demo_config_text() -> str:
     return DEMO_CONFIG.read_text().replace('"../', f'"{REPO}/')
 
 
+def console_login(client, name: str, password: str, **kwargs):
+    """Sign in to the console as a browser does: fetch the sign-in form (its pre-session
+    cookie and token), then post it. Returns the POST's response."""
+    import re
+
+    form = client.get("/console/login")
+    token = re.search(r'action="/console/login">\s*<input type="hidden" name="csrf" value="([0-9a-f]+)"', form.text)
+    assert token is not None, form.text
+    return client.post("/console/login", data={"name": name, "password": password, "csrf": token.group(1)},
+                       **kwargs)
+
+
 def shared_path(*parts: str) -> Path:
     """A file in ../shared, or skip the test with the reason when it is absent."""
     p = SHARED.joinpath(*parts)

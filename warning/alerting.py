@@ -29,6 +29,7 @@ from alerts.messages import render_sms, sms_context
 from alerts.notices import NoticeContext, ZoneInfo, build_notice, notice_html_url, notice_url
 
 from .config import Config
+from .logs import log_context
 from .site import Site
 from .operators import tell_operators
 from .outbox import Dispatcher, queue_fanout
@@ -93,22 +94,27 @@ def decide_and_notify(site: Site, cfg: Config, store: Store, at: datetime,
         for problem in problems:
             store.audit(s, "data_problem", {"problem": problem}, run_id=run_id, time=at)
         for zone in site.zones:
-            try:
-                with s.begin_nested():
-                    record, paths, queued = _zone_stage(s, store, cfg, ctx, zone, zcfg[zone.code], at,
-                                                        metrics[zone.code], details[zone.code],
-                                                        run_id=run_id, scope=scope, drill=drill,
-                                                        run_info=run_info, cap_dir=cap_dir)
-            except Exception as exc:  # one zone never stops the cycle: record it, go on
-                error = f"{type(exc).__name__}: {exc}"
-                log.error("zone %s failed in the cycle at %s, its state is unchanged: %s", zone.code,
-                          at, error, exc_info=log.isEnabledFor(logging.DEBUG))
-                store.audit(s, "zone_failed", {"zone": zone.code, "error": error}, run_id=run_id,
-                            zone=zone.code, time=at)
-                stage.failed.append({"zone": zone.code, "error": error})
-                stage.decisions.append({"zone": zone.code, "action": "failed", "error": error,
-                                        "at": at.isoformat()})
-                continue
+            with log_context(run_id=run_id, zone=zone.code):  # on every line this zone's work logs
+                try:
+                    with s.begin_nested():
+                        record, paths, queued = _zone_stage(s, store, cfg, ctx, zone, zcfg[zone.code], at,
+                                                            metrics[zone.code], details[zone.code],
+                                                            run_id=run_id, scope=scope, drill=drill,
+                                                            run_info=run_info, cap_dir=cap_dir)
+                except Exception as exc:  # one zone never stops the cycle: record it, go on
+                    error = f"{type(exc).__name__}: {exc}"
+                    log.error("zone %s failed in the cycle at %s, its state is unchanged: %s", zone.code,
+                              at, error, exc_info=log.isEnabledFor(logging.DEBUG))
+                    store.audit(s, "zone_failed", {"zone": zone.code, "error": error}, run_id=run_id,
+                                zone=zone.code, time=at)
+                    stage.failed.append({"zone": zone.code, "error": error})
+                    stage.decisions.append({"zone": zone.code, "action": "failed", "error": error,
+                                            "at": at.isoformat()})
+                    continue
+                if record["action"] not in ("none", "hold"):  # a change (or a renewal) is worth a line
+                    log.info("zone %s: %s, level %s%s, %d SMS queued", zone.code, record["action"],
+                             record["level_name"], " (held for approval)" if record.get("held") else "",
+                             queued)
             stage.decisions.append(record)
             stage.notices.extend(paths)
             stage.queued += queued

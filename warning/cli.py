@@ -48,13 +48,13 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _setup_logging(verbose: bool) -> None:
-    """Log to stderr (INFO with -v), every handler masking phone numbers (see warning.logs)."""
-    from .logs import install_phone_filter
+def _setup_logging(verbose: bool, log_format: str | None = None) -> str:
+    """Log to stderr (INFO with -v) as text or JSON (``log_format``, else the
+    ``FLOODWARN_LOG_FORMAT`` environment variable, else text), every handler masking phone
+    numbers (see warning.logs); returns the format."""
+    from .logs import setup_logging
 
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    install_phone_filter()
+    return setup_logging(logging.INFO if verbose else logging.WARNING, log_format)
 
 
 def _parse_time(text: str) -> datetime:
@@ -286,7 +286,10 @@ def _print_timeline(cfg: Any, result: Any) -> None:
 def serve(config: ConfigOpt,
           host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
           port: Annotated[int, typer.Option(help="port to listen on")] = 8080,
-          verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+          verbose: bool = typer.Option(False, "--verbose", "-v"),
+          log_format: Annotated[str | None, typer.Option(
+              "--log-format", help="text or json (one object per line); default: $FLOODWARN_LOG_FORMAT, "
+                                   "else text")] = None) -> None:
     """Run the service: the scheduler (ingest, forecast cycles, SMS dispatch) and the web app.
 
     Stops cleanly on Ctrl-C or SIGTERM: the cycle in flight finishes, the outbox stays
@@ -295,12 +298,12 @@ def serve(config: ConfigOpt,
     import uvicorn.config
 
     from .config import load_config
-    from .logs import install_phone_filter, with_phone_filter
+    from .logs import install_phone_filter, uvicorn_log_config
     from .secrets import secret_is_set
     from .service import Service
     from .web import create_app
 
-    _setup_logging(True if verbose else False)
+    log_format = _setup_logging(verbose, log_format)
     logging.getLogger("warning").setLevel(logging.INFO)
     if not verbose:  # "skipped: maximum number of running instances" while a cycle runs is expected
         logging.getLogger("apscheduler").setLevel(logging.ERROR)
@@ -324,13 +327,13 @@ def serve(config: ConfigOpt,
     clock = "simulated from " + f"{cfg.service.simulate_from:%Y-%m-%d %H:%M}Z x{cfg.service.speed:g}" \
         if cfg.service.simulate_from else "wall clock"
     console.print(f"floodwarn serving {cfg.site.name} on http://{host}:{port}/ (clock: {clock}); "
-                  f"API at /docs, health at /health. Ctrl-C to stop.")
+                  f"API at /api (OpenAPI: /openapi.json), health at /health. Ctrl-C to stop.")
     # uvicorn runs in a thread so that SIGTERM/SIGINT come here: uvicorn's own handlers
     # re-raise the signal after its shutdown, which would kill the process before the
     # scheduler had finished the cycle in flight
     server = uvicorn.Server(uvicorn.Config(app_, host=host, port=port,
                                            log_level="info" if verbose else "warning",
-                                           log_config=with_phone_filter(uvicorn.config.LOGGING_CONFIG)))
+                                           log_config=uvicorn_log_config(uvicorn.config.LOGGING_CONFIG, log_format)))
     install_phone_filter()  # and on handlers libraries made since _setup_logging (distributed's)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -352,6 +355,7 @@ def serve(config: ConfigOpt,
 from . import cli_alerts  # noqa: E402,F401  (registers the subscribers/alerts/dispatch commands)
 from . import cli_replay  # noqa: E402,F401  (registers replay and tune)
 from . import cli_calibrate  # noqa: E402,F401  (registers the calibrate command)
+from . import cli_db  # noqa: F401  (registers db upgrade/current/backup/restore)
 
 
 def main() -> None:  # pragma: no cover

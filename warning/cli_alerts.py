@@ -17,6 +17,7 @@ from rich.table import Table
 
 from .cli import ConfigOpt, _friendly, _parse_time, _setup_logging, app, console
 from .errors import FloodwarnError
+from .logins import Passwords
 
 subscribers_app = typer.Typer(help="Residents subscribed by SMS: add, import, export, delete, list.",
                               no_args_is_help=True)
@@ -31,7 +32,7 @@ app.add_typer(operators_app, name="operators")
 @_friendly
 def operators_add(config: ConfigOpt, name: Annotated[str, typer.Argument(help="sign-in name")],
                   role: Annotated[str, typer.Option(help="manager or operator")] = "manager") -> None:
-    """Add an operator (or set a new password): asks for the password, stores its scrypt hash.
+    """Add an operator (or set a new password): asks for the password, stores its argon2id hash.
     The password can also come from FLOODWARN_OPERATOR_PASSWORD or the file named by
     FLOODWARN_OPERATOR_PASSWORD_FILE (scripts)."""
     from .console import add_operator
@@ -39,8 +40,8 @@ def operators_add(config: ConfigOpt, name: Annotated[str, typer.Argument(help="s
 
     password = env_secret("FLOODWARN_OPERATOR_PASSWORD") or typer.prompt(
         "password (at least 10 characters)", hide_input=True, confirmation_prompt=True)
-    _cfg, store = _open(config)
-    add_operator(store, name, password, role)
+    cfg, store = _open(config)
+    add_operator(store, name, password, role, passwords=Passwords.from_config(cfg))
     console.print(f"operator {name} ({role}) can sign in at /console")
 
 
@@ -53,7 +54,7 @@ def operators_passwd(config: ConfigOpt, name: Annotated[str, typer.Argument(help
     from .secrets import env_secret
     from .storage import Operator
 
-    _cfg, store = _open(config)
+    cfg, store = _open(config)
     with store.session() as s:
         row = s.get(Operator, name)
         if row is None:
@@ -61,7 +62,7 @@ def operators_passwd(config: ConfigOpt, name: Annotated[str, typer.Argument(help
         role = row.role
     password = env_secret("FLOODWARN_OPERATOR_PASSWORD") or typer.prompt(
         "new password (at least 10 characters)", hide_input=True, confirmation_prompt=True)
-    add_operator(store, name, password, role)
+    add_operator(store, name, password, role, passwords=Passwords.from_config(cfg))
     console.print(f"new password set for {name}; their console sessions have ended")
 
 
@@ -251,7 +252,7 @@ def _decide(config: Path, approval_id: int, approve: bool, by: str, text: str | 
     cfg, store = _open(config)
     require_manager(store, by)
     password = env_secret("FLOODWARN_OPERATOR_PASSWORD") or typer.prompt(f"password of {by}", hide_input=True)
-    verify_operator(store, by, password)
+    verify_operator(store, by, password, passwords=Passwords.from_config(cfg))
     a = decide_approval(store, approval_id, approve=approve, by=by, text=text, note=note,
                         publish=publisher(cfg))
     console.print(f"{a.alert_identifier}: {a.state} by {a.decided_by} at {a.decided_at:%Y-%m-%d %H:%M} UTC")

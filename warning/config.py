@@ -448,6 +448,26 @@ class ServiceConfig(_Model):
     write_depth: bool = True
 
 
+class ConsoleConfig(_Model):
+    """Console sign-in (``warning.logins``): password hashing and login throttling."""
+
+    #: argon2id parameters; the default is OWASP's minimum (19 MiB, 2 passes, 1 lane: the
+    #: Password Storage Cheat Sheet); RFC 9106 suggests 64 MiB, 3 passes, 4 lanes where the
+    #: server can spare it. Raising them re-hashes each password at its next sign-in.
+    password_time_cost: int = Field(default=2, ge=1, le=100)
+    password_memory_kib: int = Field(default=19456, ge=8192, le=4_194_304)
+    password_parallelism: int = Field(default=1, ge=1, le=64)
+    #: failed sign-ins allowed per account (since its last success) before back-off ...
+    login_free_failures: int = Field(default=5, ge=1)
+    #: ... and per client address
+    login_free_failures_per_address: int = Field(default=20, ge=1)
+    #: the first wait, doubled at each further failure, up to the maximum
+    login_backoff_seconds: float = Field(default=1.0, gt=0)
+    login_backoff_max_seconds: float = Field(default=900.0, gt=0)
+    #: failures older than this are forgotten
+    login_window_minutes: float = Field(default=60.0, gt=0)
+
+
 class LimitsConfig(_Model):
     """Plausibility limits (``warning.ingest.limits``): a value outside is flagged and
     excluded before anything reaches the models; a file mostly outside is refused."""
@@ -511,6 +531,7 @@ class Config(_Model):
     service: ServiceConfig = ServiceConfig()
     compute: ComputeConfig = ComputeConfig()
     limits: LimitsConfig = LimitsConfig()
+    console: ConsoleConfig = ConsoleConfig()
     demo: DemoConfig | None = None
     #: folder of the config file; relative paths are resolved against it
     base_dir: Path = Path(".")

@@ -3,19 +3,19 @@ hillshade with the latest forecast depth, gauges), the alert log with each decis
 reasons, the approval queue (approve, edit, reject), residents' reports and feed health.
 
 Server-rendered pages (Jinja2, no JavaScript). Operators are in the ``operators`` table
-with scrypt password hashes (``floodwarn operators add``); a login sets a signed,
-HTTP-only, Secure, SameSite=Strict session cookie; every form carries a CSRF token bound
-to the session.
+with argon2id password hashes (``floodwarn operators add``, see warning.logins); sign-in is
+throttled per account and address and its form carries a token bound to a pre-session
+cookie; a login sets a random, HTTP-only, Secure, SameSite=Strict session cookie kept on
+the server; every form carries a CSRF token bound to the session.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import io
+import math
 import secrets
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -27,43 +27,41 @@ from sqlalchemy import delete, func, select
 
 from .config import Config
 from .errors import FloodwarnError
+from .logins import LoginThrottle, Passwords
 from .secrets import env_secret
 from .storage import ROLES, AuditRow, Operator, ReportRow, SessionRow, Store, ZoneStateRow, utcnow
 
 COOKIE = "floodwarn_session"
+#: before sign-in: a random nonce whose HMAC the login form carries (login CSRF)
+LOGIN_COOKIE = "floodwarn_login"
 SESSION_S = 12 * 3600
 _env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates" / "console"),
                           autoescape=True)
 
 
-# --------------------------------------------------------------------------- passwords
-def hash_password(password: str) -> str:
-    """scrypt (n=2**14, r=8, p=1) with a random salt: ``scrypt$<salt>$<hash>``."""
-    if len(password) < 10:
-        raise FloodwarnError("a password needs at least 10 characters")
-    salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, n=2**14, r=8, p=1, dklen=32)
-    return "scrypt$" + base64.b64encode(salt).decode() + "$" + base64.b64encode(digest).decode()
-
-
-def check_password(password: str, stored: str) -> bool:
-    try:
-        kind, salt, digest = stored.split("$")
-    except ValueError:
-        return False
-    if kind != "scrypt":
-        return False
-    got = hashlib.scrypt(password.encode(), salt=base64.b64decode(salt), n=2**14, r=8, p=1, dklen=32)
-    return hmac.compare_digest(got, base64.b64decode(digest))
-
-
-def verify_operator(store: Store, name: str, password: str) -> str:
-    """The role of operator ``name`` if ``password`` is theirs; FloodwarnError otherwise."""
+# --------------------------------------------------------------------------- operators
+def verify_operator(store: Store, name: str, password: str, *, passwords: Passwords | None = None) -> str:
+    """The role of operator ``name`` if ``password`` is theirs; FloodwarnError otherwise.
+    A hash made with older parameters is replaced by one with ``passwords``' own."""
+    passwords = passwords or Passwords()
     with store.session() as s:
         row = s.get(Operator, name)
-    if row is None or not check_password(password, row.password_hash):
+        stored = row.password_hash if row is not None else None
+    ok, rehash = passwords.verify(password, stored)
+    if not ok or row is None:
         raise FloodwarnError(f"wrong name or password for {name!r}")
+    if rehash is not None:
+        _store_rehash(store, name, stored, rehash)
     return row.role
+
+
+def _store_rehash(store: Store, name: str, old: str | None, new: str) -> None:
+    """Replace ``old`` by ``new`` unless the password was changed meanwhile."""
+    with store.session.begin() as s:
+        row = s.get(Operator, name)
+        if row is not None and row.password_hash == old:
+            row.password_hash = new
+            store.audit(s, "password_rehashed", {"operator": name})
 
 
 OPERATOR_EVENTS = ("data_problem", "data_problem_cleared", "zone_failed", "cycle_failed",
@@ -71,16 +69,21 @@ OPERATOR_EVENTS = ("data_problem", "data_problem_cleared", "zone_failed", "cycle
 """Audit events shown to operators as problems on the console's overview."""
 
 
-def add_operator(store: Store, name: str, password: str, role: str = "manager") -> None:
+def add_operator(store: Store, name: str, password: str, role: str = "manager", *,
+                 passwords: Passwords | None = None) -> None:
+    """Add operator ``name`` or set their password and role (ending their sessions)."""
     if role not in ROLES:
         raise FloodwarnError(f"role {role!r} is not one of {', '.join(ROLES)}")
+    if not name or len(name) > 120:
+        raise FloodwarnError("an operator's name has 1 to 120 characters")
+    digest = (passwords or Passwords()).hash(password)
     with store.session.begin() as s:
         row = s.get(Operator, name)
         if row is None:
-            s.add(Operator(name=name, password_hash=hash_password(password), role=role))
+            s.add(Operator(name=name, password_hash=digest, role=role))
             ended = 0
         else:  # a new password ends the sessions signed in with the old one
-            row.password_hash, row.role = hash_password(password), role
+            row.password_hash, row.role = digest, role
             ended = end_sessions(store, name, s)
         store.audit(s, "operator_set", {"operator": name, "role": role, "sessions_ended": ended})
 
@@ -125,6 +128,11 @@ class Sessions:
 
     def csrf(self, token: str) -> str:
         return hmac.new(self.key, ("csrf|" + token).encode(), hashlib.sha256).hexdigest()
+
+    def login_csrf(self, nonce: str) -> str:
+        """The sign-in form's token: an HMAC of the nonce in its pre-session cookie, so a
+        form posted from another site (which cannot read or set that cookie) is refused."""
+        return hmac.new(self.key, ("login|" + nonce).encode(), hashlib.sha256).hexdigest()
 
 
 def end_sessions(store: Store, name: str, s: Any = None) -> int:
@@ -179,14 +187,24 @@ def make_console(cfg: Config, store: Store, *, site: Callable[[], Any] | None = 
     r = APIRouter(prefix="/console", include_in_schema=False)
     by_rank = {rank: lv for rank, lv in enumerate(cfg.levels, start=1)}
 
+    passwords = Passwords.from_config(cfg)
+    throttle = LoginThrottle(store, cfg.console)
+
     def who(request: Request) -> str | None:
         return sessions.read(request.cookies.get(COOKIE))
 
-    def page(request: Request, name: str, **ctx: Any) -> HTMLResponse:
+    def role(user: str) -> str:
+        with store.session() as s:
+            op = s.get(Operator, user)
+        return op.role if op is not None else ""
+
+    def page(request: Request, name: str, *, status: int = 200, **ctx: Any) -> HTMLResponse:
         token = request.cookies.get(COOKIE, "")
-        html = _env.get_template(name).render(site=cfg.site.name, user=who(request), csrf=sessions.csrf(token),
-                                              **ctx)
-        return HTMLResponse(html, headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY"})
+        user = who(request)
+        html = _env.get_template(name).render(site=cfg.site.name, user=user, role=role(user) if user else None,
+                                              csrf=sessions.csrf(token), **ctx)
+        return HTMLResponse(html, status_code=status,
+                            headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY"})
 
     def require(request: Request) -> str:
         user = who(request)
@@ -199,23 +217,45 @@ def make_console(cfg: Config, store: Store, *, site: Callable[[], Any] | None = 
         if not hmac.compare_digest(expected, token or ""):
             raise HTTPException(403, "the form's CSRF token does not match your session; reload the page")
 
+    def login_page(request: Request, error: str | None, status: int = 200) -> HTMLResponse:
+        """The sign-in form with a fresh pre-session nonce (cookie) and its token (form)."""
+        nonce = secrets.token_urlsafe(24)
+        resp = page(request, "login.html", status=status, error=error, login_csrf=sessions.login_csrf(nonce))
+        resp.set_cookie(LOGIN_COOKIE, nonce, max_age=3600, httponly=True, secure=True, samesite="strict",
+                        path="/console")
+        return resp
+
     @r.get("/login")
     def login_form(request: Request) -> HTMLResponse:
-        return page(request, "login.html", error=None)
+        return login_page(request, None)
 
     @r.post("/login")
-    def login(request: Request, name: str = Form(...), password: str = Form(...)) -> Response:
+    def login(request: Request, name: str = Form(..., max_length=120), password: str = Form(..., max_length=1024),
+              csrf: str = Form("", max_length=128)) -> Response:
+        nonce = request.cookies.get(LOGIN_COOKIE, "")
+        if not nonce or not hmac.compare_digest(sessions.login_csrf(nonce), csrf):
+            return login_page(request, "This sign-in form has expired or was not sent from this site: "
+                                       "sign in again from this page.", status=403)
+        address = request.client.host if request.client is not None else "unknown"
+        refusal = throttle.check(name, address)
+        if refusal is not None:  # answered without checking the password, right or wrong
+            resp = login_page(request, refusal.message(), status=429)
+            resp.headers["Retry-After"] = str(max(1, math.ceil(refusal.wait_s)))
+            return resp
         with store.session() as s:
             op = s.get(Operator, name)
-        if op is None or not check_password(password, op.password_hash):
-            with store.session.begin() as s:
-                store.audit(s, "login_failed", {"operator": name})
-            return page(request, "login.html", error="Wrong name or password.")
+            stored = op.password_hash if op is not None else None
+        ok, rehash = passwords.verify(password, stored)  # equal time for unknown names
+        if not ok:
+            throttle.failed(name, address)
+            return login_page(request, "Wrong name or password.")
+        if rehash is not None:
+            _store_rehash(store, name, stored, rehash)
+        throttle.succeeded(name, address)
         resp = RedirectResponse("/console", status_code=303)
         resp.set_cookie(COOKIE, sessions.issue(name), max_age=SESSION_S, httponly=True, secure=True,
                         samesite="strict", path="/console")
-        with store.session.begin() as s:
-            store.audit(s, "login", {"operator": name})
+        resp.delete_cookie(LOGIN_COOKIE, path="/console")
         return resp
 
     @r.post("/logout")
@@ -255,11 +295,6 @@ def make_console(cfg: Config, store: Store, *, site: Callable[[], Any] | None = 
             raise HTTPException(404, "no site loaded")
         return Response(_map_png(cfg, store, site(), by_rank, scope), media_type="image/png",
                         headers={"Cache-Control": "no-store"})
-
-    def role(user: str) -> str:
-        with store.session() as s:
-            op = s.get(Operator, user)
-        return op.role if op is not None else ""
 
     @r.get("/approvals")
     def approvals(request: Request) -> HTMLResponse:

@@ -40,6 +40,7 @@ from .ingest import get_source
 from .ingest.forecast_netcdf import ForecastIssue
 from .ingest.gauge_csv import latest_good
 from .ingest.readings import qc_problem
+from .logs import log_context
 from .site import RATING_STAGES, Site
 from .storage import Store, finish_run, recorded_run
 
@@ -649,8 +650,8 @@ def run_cycle(site: Site, cfg: Config, store: Store, inputs: Inputs, at: datetim
     rain, times, now_index, issue, problems = assemble_rain(inputs, site, cfg, at)
     gauges = inputs.gauges_or_last_good(problems)
     timings["ingest"] = time.perf_counter() - t0
-    with recorded_run(store, run_id, at=at, scope=scope, forecast_issued=issue.issued,
-                      forecast_file=issue.path.name):
+    with log_context(run_id=run_id), recorded_run(store, run_id, at=at, scope=scope,
+                                                  forecast_issued=issue.issued, forecast_file=issue.path.name):
         t1 = time.perf_counter()
         site_rain = np.median(rain[:, :, site.valid].mean(axis=2, dtype=np.float64), axis=0)  # (time,) mm/h, for the console
         if client is not None or cfg.compute.engine == "dask":

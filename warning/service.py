@@ -2,8 +2,8 @@
 data arrive (and at least every ``service.cycle_every_minutes``), dispatches the outbox
 and releases timed-out approvals.
 
-Jobs live in the same database (``scheduler_jobs`` table), with ``coalesce=True`` (missed
-runs collapse into one), ``max_instances=1`` and a misfire grace time; on top of that a
+Jobs are kept in memory and made anew from the config at every start (see
+:meth:`Service.start`), with ``coalesce=True`` (missed runs collapse into one), ``max_instances=1`` and a misfire grace time; on top of that a
 lock makes sure two cycles never overlap, whoever calls them. Several schedulers may share
 one database (PostgreSQL, or SQLite on one machine): a lease row (``leases``, named
 ``cycle:<scope>``) lets one of them run a cycle at a time, and a cycle another scheduler
@@ -31,6 +31,7 @@ from .alerting import make_dispatcher, publisher
 from .config import Config
 from .errors import USER_ERRORS
 from .gauge_cycle import newest_good_time
+from .logs import log_context
 from .operators import make_channel, tell_operators, zone_failed_text
 from .outbox import release_due
 from .pipeline import Inputs, run_cycle
@@ -392,52 +393,53 @@ class Service:
                 self.state.run_elsewhere += 1
                 log.info("the cycle at %s was already run by another scheduler; not running it again", at)
                 return None
-        t0 = time.perf_counter()
-        stop = threading.Event()  # the lease is renewed while the cycle runs
-        keeper = threading.Thread(target=self._keep_lease, args=(lease, stop), daemon=True, name="cycle-lease")
-        keeper.start()
-        try:
-            res = run_cycle(self.site, self.cfg, self.store, self.inputs, at, channel=None,
-                            drill=self.drill, write_depth=self.cfg.service.write_depth,
-                            client=self.dask_client())
-        except Exception as exc:  # bad data or a fault: recorded, told, the service goes on
-            if not isinstance(exc, USER_ERRORS):
-                log.error("cycle at %s failed unexpectedly", at, exc_info=True)
-                exc = RuntimeError(f"{type(exc).__name__}: {exc}")
-            rec = CycleRecord(at, utcnow(), time.perf_counter() - t0, False, str(exc))
-            self.state.last_error = f"{at:%Y-%m-%d %H:%M}Z: {exc}"
-            log.error("cycle at %s failed, keeping the last good results: %s", at, exc)
-            self._open_problem(at, "cycle", f"cycle failed, the last good results stand: {exc}",
-                               event="cycle_failed")
-            # due again on new data, or to retry after a while: not on every poll
-            self.state.retry_at = at + timedelta(minutes=min(10.0, self.cfg.service.cycle_every_minutes))
-            self.state.new_data = None
-            if self.inputs.forecast is not None:
-                latest = self.inputs.forecast.latest_before(at)
-                self.state.last_forecast = str(latest.path) if latest else self.state.last_forecast
-        else:
-            self.state.retry_at = None
-            self._clear_problem(at, "cycle", f"the cycle at {at:%Y-%m-%d %H:%M}Z ran")
-            if self.inputs.forecast is not None:
-                self.state.last_forecast = str(self.inputs.forecast.latest_before(at).path)
-            self.state.last_cycle_at = at
-            self._own_run = res.run_id
-            self.state.new_data = None
-            gauges = self.state.feeds.get("gauges")
-            self.state.cycled_gauges = gauges.last_data if gauges else None
-            rec = CycleRecord(at, utcnow(), time.perf_counter() - t0, True, why, res.forecast_file)
-            for failure in res.failed_zones:  # recorded by the cycle; the operators are told here
-                tell_operators(self.cfg, self.store, zone_failed_text(failure, at), at=at, audit=False,
-                               channel=self._operator_channel())
-            changed = [d for d in res.decisions if d["action"] in ("raise", "lower", "all_clear", "renew")]
-            log.info("cycle at %s (%s): %d notices, %d SMS queued, %d level changes", at, why,
-                     len(res.notices), res.messages_queued, len(changed))
-        finally:
-            stop.set()
-            keeper.join()
-        self.state.cycles.append(rec)
-        del self.state.cycles[:-200]
-        return rec
+        with log_context(run_id=run_id):  # every line of the cycle says which it is
+            t0 = time.perf_counter()
+            stop = threading.Event()  # the lease is renewed while the cycle runs
+            keeper = threading.Thread(target=self._keep_lease, args=(lease, stop), daemon=True, name="cycle-lease")
+            keeper.start()
+            try:
+                res = run_cycle(self.site, self.cfg, self.store, self.inputs, at, channel=None,
+                                drill=self.drill, write_depth=self.cfg.service.write_depth,
+                                client=self.dask_client())
+            except Exception as exc:  # bad data or a fault: recorded, told, the service goes on
+                if not isinstance(exc, USER_ERRORS):
+                    log.error("cycle at %s failed unexpectedly", at, exc_info=True)
+                    exc = RuntimeError(f"{type(exc).__name__}: {exc}")
+                rec = CycleRecord(at, utcnow(), time.perf_counter() - t0, False, str(exc))
+                self.state.last_error = f"{at:%Y-%m-%d %H:%M}Z: {exc}"
+                log.error("cycle at %s failed, keeping the last good results: %s", at, exc)
+                self._open_problem(at, "cycle", f"cycle failed, the last good results stand: {exc}",
+                                   event="cycle_failed")
+                # due again on new data, or to retry after a while: not on every poll
+                self.state.retry_at = at + timedelta(minutes=min(10.0, self.cfg.service.cycle_every_minutes))
+                self.state.new_data = None
+                if self.inputs.forecast is not None:
+                    latest = self.inputs.forecast.latest_before(at)
+                    self.state.last_forecast = str(latest.path) if latest else self.state.last_forecast
+            else:
+                self.state.retry_at = None
+                self._clear_problem(at, "cycle", f"the cycle at {at:%Y-%m-%d %H:%M}Z ran")
+                if self.inputs.forecast is not None:
+                    self.state.last_forecast = str(self.inputs.forecast.latest_before(at).path)
+                self.state.last_cycle_at = at
+                self._own_run = res.run_id
+                self.state.new_data = None
+                gauges = self.state.feeds.get("gauges")
+                self.state.cycled_gauges = gauges.last_data if gauges else None
+                rec = CycleRecord(at, utcnow(), time.perf_counter() - t0, True, why, res.forecast_file)
+                for failure in res.failed_zones:  # recorded by the cycle; the operators are told here
+                    tell_operators(self.cfg, self.store, zone_failed_text(failure, at), at=at, audit=False,
+                                   channel=self._operator_channel())
+                changed = [d for d in res.decisions if d["action"] in ("raise", "lower", "all_clear", "renew")]
+                log.info("cycle at %s (%s): %d notices, %d SMS queued, %d level changes", at, why,
+                         len(res.notices), res.messages_queued, len(changed))
+            finally:
+                stop.set()
+                keeper.join()
+            self.state.cycles.append(rec)
+            del self.state.cycles[:-200]
+            return rec
 
     def dispatch(self) -> None:
         make_dispatcher(self.cfg, self.store, self.channel, clock=self.clock).drain()
@@ -448,11 +450,14 @@ class Service:
 
     def job(self, name: str) -> None:
         """Run one of the scheduler's jobs by name: ``ingest:<source>``, ``cycle``,
-        ``dispatch``, ``housekeeping``. The scheduler and a replay both come through here."""
-        if name.startswith("ingest:"):
-            self.ingest(name.removeprefix("ingest:"))
-        else:
-            {"cycle": self.cycle, "dispatch": self.dispatch, "housekeeping": self.housekeeping}[name]()
+        ``dispatch``, ``housekeeping``. The scheduler and a replay both come through here;
+        the job's lines carry its name (and an ingest job's, its source)."""
+        source = name.removeprefix("ingest:") if name.startswith("ingest:") else None
+        with log_context(job=name, source=source):
+            if source is not None:
+                self.ingest(source)
+            else:
+                {"cycle": self.cycle, "dispatch": self.dispatch, "housekeeping": self.housekeeping}[name]()
 
     def job_names(self) -> list[str]:
         """The jobs in the order they fire when all are due at once."""
@@ -462,16 +467,21 @@ class Service:
 
     # ------------------------------------------------------------------ scheduler
     def start(self) -> Any:
-        """Start the background scheduler (jobs persisted in the database)."""
+        """Start the background scheduler, its jobs in memory (APScheduler's default job store).
+
+        Not in the database: APScheduler 3's user guide ("Basic concepts") says job stores
+        must never be shared between schedulers, and several ``serve`` processes may share
+        one database. Nothing is lost: every job is made again from the config here, at each
+        start; what must survive a restart (runs, zone states, the outbox, leases) is in the
+        database already. Migration 0002 drops the old ``scheduler_jobs`` table.
+        """
         from apscheduler.executors.pool import ThreadPoolExecutor
-        from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
         from apscheduler.schedulers.background import BackgroundScheduler
 
         global _SERVICE
         _SERVICE = self
         sv = self.cfg.service
         sched = BackgroundScheduler(
-            jobstores={"default": SQLAlchemyJobStore(engine=self.store.engine, tablename="scheduler_jobs")},
             executors={"default": ThreadPoolExecutor(4)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": sv.misfire_grace_s},
             timezone=timezone.utc,

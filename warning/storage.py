@@ -37,12 +37,14 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text,
-                        UniqueConstraint, create_engine, delete, event, inspect, text, update)
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text,
+                        UniqueConstraint, create_engine, delete, event, update)
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.types import TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from .migrations import ensure_schema
 
 
 def utcnow() -> datetime:
@@ -270,6 +272,8 @@ class RateLimitRow(Base):
 
 class AuditRow(Base):
     __tablename__ = "audit"
+    #: the console's problem list and the sign-in throttle look events up by name and time
+    __table_args__ = (Index("ix_audit_event_time", "event", "time"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     time: Mapped[datetime] = mapped_column(default=utcnow)
     run_id: Mapped[str | None] = mapped_column(String(64), index=True)
@@ -288,40 +292,6 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # pragma: no cover - trivial
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=5000")
     cur.close()
-
-
-#: columns added after a table first shipped: (table, column, DDL type and default); a
-#: database made by an older floodwarn gets them on start-up (create_all adds only tables).
-#: The DDL must be valid on SQLite and PostgreSQL alike.
-_ADDED_COLUMNS = (("subscribers", "roster", "VARCHAR(10) NOT NULL DEFAULT 'public'"),
-                  ("outbox", "in_doubt_since", "TIMESTAMP WITH TIME ZONE"),
-                  ("approvals", "proposed", "JSON"))
-
-#: PostgreSQL advisory lock key held while the schema is made or migrated, so that
-#: processes starting together on a fresh database do not race on CREATE TABLE
-_SCHEMA_LOCK = 0x666C6F6F64  # "flood"
-
-
-def _add_missing_columns(conn: Connection) -> list[str]:
-    """Add the columns of :data:`_ADDED_COLUMNS` a table lacks; returns ``table.column`` of
-    each one added. Runs inside the caller's transaction (``engine.begin()``)."""
-    insp = inspect(conn)
-    added = []
-    for table, column, ddl in _ADDED_COLUMNS:
-        if column not in {c["name"] for c in insp.get_columns(table)}:
-            conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}"))
-            added.append(f"{table}.{column}")
-    return added
-
-
-def create_schema(engine: Engine) -> list[str]:
-    """Create missing tables and columns (one transaction; on PostgreSQL under an advisory
-    lock, so concurrent start-ups queue instead of racing). Returns the columns added."""
-    with engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
-        Base.metadata.create_all(conn)
-        return _add_missing_columns(conn)
 
 
 def engine_for(url: str) -> Engine:
@@ -344,7 +314,7 @@ class Store:
     def __init__(self, url: str):
         self.url = url
         self.engine: Engine = engine_for(url)
-        create_schema(self.engine)
+        ensure_schema(self.engine)  # one query when the schema is up to date
         self.session = sessionmaker(self.engine, expire_on_commit=False)
 
     @property

@@ -14,18 +14,21 @@ import logging
 import re
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Query
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, HTMLResponse, Response
-from pydantic import BaseModel
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, BeforeValidator, Field
 from sqlalchemy import select, text
 from sqlalchemy.engine import make_url
 
-from .config import Config, read_zones
+from .config import ZONE_CODE, Config, read_zones
 from .errors import IngestError
 from .secrets import env_secret
+from .security import SecurityHeaders
 from .storage import AlertRow, Store, ZoneStateRow
 
 log = logging.getLogger(__name__)
@@ -34,6 +37,34 @@ log = logging.getLogger(__name__)
 #: a zone code (warning.config.ZONE_CODE), the cycle time and ".drill" for a drill
 #: (warning.alerting), well inside a file name's 255 bytes
 NOTICE_STEM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,199}$")
+
+#: a scope of the API: the live warnings, or a drill's ("drill:<name>", 80 characters at most
+#: as stored, no control characters)
+SCOPE = r"^(live|drill:[^\x00-\x1f\x7f]{1,74})$"
+
+#: what ``since`` and ``until`` accept: an ISO 8601 date and time (seconds and fraction
+#: optional), with its zone; a number is not read as a Unix time. A time without a zone
+#: passes here and is refused by the route with a 400 that says to add one.
+ISO_DATE_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}(:[0-9]{2}([.,][0-9]+)?)?"
+                           r"([Zz]|[+-][0-9]{2}(:?[0-9]{2})?)?")
+
+
+def _iso_date_time(value: Any) -> Any:
+    if isinstance(value, str) and not ISO_DATE_TIME.fullmatch(value):
+        raise ValueError("give an ISO 8601 date-time with a time zone, e.g. 2025-11-14T06:00:00Z")
+    return value
+
+
+#: a query parameter that is an ISO 8601 date-time (never a number of seconds)
+QueryTime = Annotated[datetime, BeforeValidator(_iso_date_time)]
+#: a time in a /health document, as ISO 8601 text
+IsoTime = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
+
+
+class Problem(BaseModel):
+    """An error answer: ``detail`` says what is wrong (and what to ask instead)."""
+
+    detail: str
 
 
 class LevelOut(BaseModel):
@@ -72,6 +103,58 @@ class ReadingOut(BaseModel):
     discharge_flag: str | None = None
 
 
+class LastCycleOut(BaseModel):
+    at: IsoTime
+    ok: bool
+    seconds: float
+    detail: str
+
+
+class SchedulerOut(BaseModel):
+    """Without a service (the web app alone) only ``running`` (false)."""
+
+    running: bool
+    clock: IsoTime | None = None
+    last_cycle_at: IsoTime | None = None
+    last_forecast: str | None = None
+    last_error: str | None = None
+    refused_overlaps: int | None = None
+    last_cycle: LastCycleOut | None = None
+
+
+class FeedOut(BaseModel):
+    state: str
+    last_data: IsoTime | None
+    checked: IsoTime | None
+
+
+class DataProblemOut(BaseModel):
+    key: str
+    text: str
+    since: IsoTime
+
+
+class HealthOut(BaseModel):
+    ok: bool
+    status: Literal["ok", "degraded", "down"]
+    #: why it answers 503 (empty when healthy)
+    reasons: list[str]
+    problems: list[DataProblemOut]
+    database: str
+    scheduler: SchedulerOut
+    feeds: dict[str, FeedOut]
+
+
+class LiveOut(BaseModel):
+    alive: bool
+    scheduler_running: bool
+
+
+class ReadyOut(BaseModel):
+    ready: bool
+    reasons: list[str]
+
+
 class AlertOut(BaseModel):
     identifier: str
     zone: str
@@ -92,7 +175,10 @@ def create_app(cfg: Config, *, store: Store | None = None, service: Any = None) 
     store = store or Store(cfg.db_url)
     app = FastAPI(title=f"floodwarn: {cfg.site.name}", version="1",
                   description="Flood warnings for the site's zones: levels, gauges, readings and notices "
-                              "(CAP 1.2). Public and read-only.")
+                              "(CAP 1.2). Public and read-only.",
+                  docs_url=None, redoc_url=None)  # their pages load scripts from a CDN: warning.security
+    app.add_middleware(SecurityHeaders)
+    app.mount("/static", StaticFiles(packages=[("warning", "static")]), name="static")
     out = cfg.output_dir
     levels = [LevelOut(rank=r, name=lv.name, title=lv.title, colour=lv.colour, severity=lv.severity, sms=lv.sms,
                        approval=lv.approval) for r, lv in enumerate(cfg.levels, start=1)]
@@ -141,7 +227,7 @@ def create_app(cfg: Config, *, store: Store | None = None, service: Any = None) 
         return levels
 
     @app.get("/api/zones", response_model=list[ZoneOut], tags=["api"])
-    def api_zones(scope: str = Query("live", description="live, or drill:<name>")) -> list[ZoneOut]:
+    def api_zones(scope: str = Query("live", pattern=SCOPE, description="live, or drill:<name>")) -> list[ZoneOut]:
         """Every zone with its published level (a raise held for approval is not public)."""
         with store.session() as s:
             rows = {r.zone: r for r in s.scalars(select(ZoneStateRow).where(ZoneStateRow.scope == scope))}
@@ -162,9 +248,19 @@ def create_app(cfg: Config, *, store: Store | None = None, service: Any = None) 
                          if g.flood_stages is not None else {})
                 for g in cfg.gauges]
 
-    @app.get("/api/gauges/{gauge_id}/readings", response_model=list[ReadingOut], tags=["api"])
-    def api_readings(gauge_id: str, since: datetime | None = None, until: datetime | None = None,
-                     limit: int = Query(2000, ge=1, le=100_000)) -> list[ReadingOut]:
+    @app.get("/api/gauges/{gauge_id}/readings", response_model=list[ReadingOut], tags=["api"], responses={
+        400: {"model": Problem, "description": "`since` or `until` without a time zone"},
+        404: {"model": Problem, "description": "no such gauge (the answer lists the gauges)"},
+        503: {"model": Problem, "description": "the gauge readings cannot be read now"}})
+    def api_readings(
+            gauge_id: str = PathParam(description="a gauge's id, as listed by /api/gauges",
+                                      examples=[g.id for g in cfg.gauges]),
+            since: Annotated[QueryTime | None, Query(description="readings from this time on (ISO 8601 with "
+                                                                 "a time zone, e.g. 2025-11-14T06:00:00Z)")] = None,
+            until: Annotated[QueryTime | None, Query(description="readings up to this time (ISO 8601 with "
+                                                                 "a time zone)")] = None,
+            limit: Annotated[int, Query(ge=1, le=100_000, description="the newest this many")] = 2000,
+    ) -> list[ReadingOut]:
         """A gauge's stage readings (m) with their QC flag ("ok" or why it was set aside), and
         its discharge (m3/s) with its own flag where the gauge measures flow."""
         if gauge_id not in {g.id for g in cfg.gauges}:
@@ -204,8 +300,11 @@ def create_app(cfg: Config, *, store: Store | None = None, service: Any = None) 
         return rows[-limit:]
 
     @app.get("/api/alerts", response_model=list[AlertOut], tags=["api"])
-    def api_alerts(zone: str | None = None, scope: str = "live",
-                   limit: int = Query(100, ge=1, le=10_000)) -> list[AlertOut]:
+    def api_alerts(zone: str | None = Query(None, pattern=ZONE_CODE.pattern, examples=[z.code for z in cfg.zones],
+                                            description="a zone's code, as listed by /api/zones"),
+                   scope: str = Query("live", pattern=SCOPE, description="live, or drill:<name>"),
+                   limit: int = Query(100, ge=1, le=10_000, description="the newest this many")
+                   ) -> list[AlertOut]:
         """Published notices (newest first), with links to their CAP file and page. Notices held
         for a manager's approval, rejected or withdrawn are not public and are not listed."""
         from alerts.notices import notice_html_url, notice_url
@@ -279,14 +378,9 @@ def create_app(cfg: Config, *, store: Store | None = None, service: Any = None) 
         return ({"ok": ok, "status": status, "reasons": failing, "problems": problems, "database": db_detail,
                  "scheduler": sched, "feeds": feeds}, failing, not_ready)
 
-    def _json(body: dict[str, Any], code: int) -> Response:
-        from fastapi.responses import JSONResponse
-
-        return JSONResponse(body, status_code=code)
-
-    @app.get("/health", tags=["operations"],
-             responses={503: {"description": "failing: the reasons are listed in `reasons`"}})
-    def health() -> Response:
+    @app.get("/health", tags=["operations"], response_model=HealthOut, response_model_exclude_unset=True,
+             responses={503: {"model": HealthOut, "description": "failing: the reasons are listed in `reasons`"}})
+    def health(response: Response) -> dict[str, Any]:
         """Scheduler, feeds, database, the last forecast cycle and open data problems.
 
         Answers **503** with ``reasons`` when the database does not answer (or its file is
@@ -295,26 +389,30 @@ def create_app(cfg: Config, *, store: Store | None = None, service: Any = None) 
         or scheduler), "degraded" (open data problems, listed in ``problems``) or "ok".
         """
         body, failing, _ = health_report()
-        return _json(body, 503 if failing or not body["ok"] else 200)
+        response.status_code = 503 if failing or not body["ok"] else 200
+        return body
 
-    @app.get("/health/live", tags=["operations"],
-             responses={503: {"description": "the scheduler has stopped: restart the process"}})
-    def live() -> Response:
+    @app.get("/health/live", tags=["operations"], response_model=LiveOut,
+             responses={503: {"model": LiveOut, "description": "the scheduler has stopped: restart the process"}})
+    def live(response: Response) -> LiveOut:
         """Liveness: the process answers and its scheduler runs (503 when it has stopped)."""
         running = service is None or bool(service.state.running)
-        return _json({"alive": running, "scheduler_running": running}, 200 if running else 503)
+        response.status_code = 200 if running else 503
+        return LiveOut(alive=running, scheduler_running=running)
 
-    @app.get("/health/ready", tags=["operations"],
-             responses={503: {"description": "not ready: the reasons are listed in `reasons`"}})
-    def ready() -> Response:
+    @app.get("/health/ready", tags=["operations"], response_model=ReadyOut,
+             responses={503: {"model": ReadyOut, "description": "not ready: the reasons are listed in `reasons`"}})
+    def ready(response: Response) -> ReadyOut:
         """Readiness: healthy (as ``/health``) and at least one forecast cycle has
         succeeded, so the warnings shown come from this service's data (503 otherwise)."""
-        body, failing, not_ready = health_report()
+        _, failing, not_ready = health_report()
         reasons = failing + not_ready
-        return _json({"ready": not reasons, "reasons": reasons}, 200 if not reasons else 503)
+        response.status_code = 200 if not reasons else 503
+        return ReadyOut(ready=not reasons, reasons=reasons)
 
     # ------------------------------------------------------------------ console
     from .console import make_console
+    from .metrics import make_metrics_router
 
     loaded: dict[str, Any] = {}
 
@@ -328,6 +426,7 @@ def create_app(cfg: Config, *, store: Store | None = None, service: Any = None) 
         return loaded["site"]
 
     app.include_router(make_console(cfg, store, site=site, service=service))
+    app.include_router(make_metrics_router(store, service))  # GET /metrics, for Prometheus
 
     # ------------------------------------------------------------------ Twilio webhooks
     token = env_secret("TWILIO_AUTH_TOKEN")

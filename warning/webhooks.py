@@ -26,9 +26,13 @@ Routes (Twilio POSTs ``application/x-www-form-urlencoded``):
 Both check ``X-Twilio-Signature`` against the **public** URL Twilio called
 (``public_base_url`` + path + query), not the URL this process sees behind a proxy:
 **403** (plain text) when it is missing or wrong, and nothing is written. Malformed
-input (a missing ``From`` or ``MessageSid``, a ``From`` that is not a phone number, an
-unknown status or a non-numeric ``ErrorCode``) gets **400** (plain text) saying what is
-wrong. Only POST is served: configure the webhooks in Twilio as HTTP POST.
+input (a missing ``From``, ``MessageSid`` or ``MessageStatus``, a ``From`` that is not a
+phone number, an unknown status or a non-numeric ``ErrorCode``, whatever the status) gets
+**400** (plain text) saying what is wrong. Parameters are read exactly as sent (Twilio
+sends them so: not trimmed, not case-folded), as the app's OpenAPI document
+(``/openapi.json``) describes them: the form bodies, the signature header and every
+answer with its media type. Only POST is served: configure the webhooks in Twilio as
+HTTP POST.
 
 Phone numbers never appear in clear in logs, audit details or error messages
 (:func:`alerts.channels.mask_phone`).
@@ -54,8 +58,8 @@ from starlette.formparsers import MultiPartException
 from twilio.request_validator import RequestValidator
 from twilio.twiml.messaging_response import MessagingResponse
 
-from alerts.delivery import PERMANENT_ERRORS as DELIVERY_ERRORS
 from alerts.channels import mask_phone, mask_phones_in
+from alerts.delivery import PERMANENT_ERRORS as DELIVERY_ERRORS
 from alerts.inbound import (
     REPLY_LANGUAGES,
     InboundCommand,
@@ -97,11 +101,49 @@ table the dispatcher uses, :data:`alerts.delivery.PERMANENT_ERRORS`): 21610 opts
 out; the others set ``Subscriber.unreachable`` to ``"<code> <meaning>"``."""
 
 _SID_RE = re.compile(r"^[A-Za-z0-9_-]{2,64}$")
-_CODE_RE = re.compile(r"^[0-9]{1,9}$")
+_CODE_RE = re.compile(r"^([0-9]{1,9})?$")  # ErrorCode: empty when there is none
 # What a phone number may look like before normalise_phone (which would otherwise find a
 # number inside free text such as "call 0770 me").
 _PHONE_CHARS_RE = re.compile(r"^\+?[0-9][0-9 ()./-]{2,30}$")
 _SIGNATURE_SETTINGS_HEADER = "X-Twilio-Webhooks-Signature-Settings"
+
+# ---------------------------------------------------------------------- OpenAPI document
+# What the handlers read, described from the same patterns and tables they check with. The
+# body stays unparsed by FastAPI (the signature is checked on the raw form), so it is given
+# to the document as ``openapi_extra`` rather than as Form parameters.
+
+_TEXT: dict[str, Any] = {"type": "string"}
+_PLAIN_TEXT = {"text/plain": {"schema": _TEXT}}
+_SID = {"type": "string", "pattern": _SID_RE.pattern, "example": "SM" + "0" * 32}
+
+
+def _form_body(description: str, properties: dict[str, dict[str, Any]], required: list[str]) -> dict[str, Any]:
+    """A signed ``application/x-www-form-urlencoded`` request body; Twilio may add
+    parameters, which are ignored."""
+    return {"required": True, "description": description, "content": {
+        "application/x-www-form-urlencoded": {"schema": {
+            "type": "object", "properties": properties, "required": required,
+            "additionalProperties": True}}}}
+
+
+_SIGNATURE_PARAMETERS = [
+    {"name": "X-Twilio-Signature", "in": "header", "required": True,
+     "description": "Base64 HMAC-SHA1, with the Auth Token, of the public URL Twilio called "
+                    "followed by the form parameters sorted by name (each name then its value)",
+     "schema": {"type": "string", "minLength": 1}},
+    {"name": _SIGNATURE_SETTINGS_HEADER, "in": "header", "required": False,
+     "description": "Only algorithm=HMAC_SHA1 (the default when absent) is accepted",
+     "schema": _TEXT},
+]
+
+_REFUSALS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "Malformed: the body is not a form, or a parameter is missing or not as "
+                         "documented; the reason in plain text, nothing is written",
+          "content": _PLAIN_TEXT},
+    403: {"description": "X-Twilio-Signature missing, of an unsupported algorithm or wrong for the "
+                         "public URL and these parameters; nothing is written",
+          "content": _PLAIN_TEXT},
+}
 
 
 class _Rejected(Exception):
@@ -215,14 +257,16 @@ class TwilioWebhooks:
 
     @staticmethod
     def _required(form: dict[str, str], name: str) -> str:
-        value = (form.get(name) or "").strip()
+        """The parameter as sent (not trimmed: Twilio sends exact values, and the OpenAPI
+        document's patterns say what is accepted)."""
+        value = form.get(name) or ""
         if not value:
             raise _Rejected(400, f"missing form parameter {name}")
         return value
 
     def _message_sid(self, form: dict[str, str]) -> str:
         sid = self._required(form, "MessageSid")
-        if not _SID_RE.match(sid):
+        if not _SID_RE.fullmatch(sid):
             raise _Rejected(400, "MessageSid must be 2-64 letters, digits, '_' or '-' "
                                  "(Twilio sends SM followed by 32 hex digits)")
         return sid
@@ -234,23 +278,22 @@ class TwilioWebhooks:
         try:
             form = await self.signed_form(request)
             sid = self._message_sid(form)
-            status = (form.get("MessageStatus") or form.get("SmsStatus") or "").strip().lower()
+            status = form.get("MessageStatus") or ""
             if not status:
                 raise _Rejected(400, "missing form parameter MessageStatus")
-            if status in IGNORED_STATUSES:
-                log.info("status callback for %s: %s ignored (not an outbound SMS status)",
-                         sid, status)
-                return Response(status_code=204)
-            if status not in STATUS_RANK:
+            if status not in STATUS_RANK and status not in IGNORED_STATUSES:
                 raise _Rejected(400, f"MessageStatus {status[:30]!r} is not an SMS delivery "
                                      f"status; expected one of {', '.join(STATUS_RANK)}")
-            raw_code = (form.get("ErrorCode") or "").strip()
-            if raw_code and not _CODE_RE.match(raw_code):
+            raw_code = form.get("ErrorCode") or ""
+            if not _CODE_RE.fullmatch(raw_code):
                 raise _Rejected(400, f"ErrorCode must be a whole number, got {raw_code[:12]!r}")
             code = int(raw_code) if raw_code else None
             to = (form.get("To") or "").strip()
         except _Rejected as rej:
             return rej.response()
+        if status in IGNORED_STATUSES:  # checked as a whole first: malformed is a 400 whatever the status
+            log.info("status callback for %s: %s ignored (not an outbound SMS status)", sid, status)
+            return Response(status_code=204)
         await run_in_threadpool(self._apply_status, sid, status, code, to)
         return Response(status_code=204)
 
@@ -333,7 +376,7 @@ class TwilioWebhooks:
             form = await self.signed_form(request)
             sid = self._message_sid(form)
             raw_from = self._required(form, "From")
-            if not _PHONE_CHARS_RE.match(raw_from):
+            if not _PHONE_CHARS_RE.fullmatch(raw_from):
                 raise _Rejected(400, f"From: not a phone number: {mask_phone(raw_from)} (Twilio "
                                      "sends E.164 numbers such as +15005550006)")
             try:
@@ -530,12 +573,40 @@ def make_router(store: Store, *, auth_token: str, public_base_url: str, vault: P
                            vault=vault, region=region, zones=zones, sender_name=sender_name,
                            clock=clock)
     router = APIRouter(tags=["twilio"])
+    statuses = {"type": "string", "enum": [*STATUS_RANK, *sorted(IGNORED_STATUSES)]}
+    status_form = _form_body("A delivery status callback, as Twilio sends it", {
+        "MessageSid": _SID, "MessageStatus": statuses,
+        "ErrorCode": {"type": "string", "pattern": _CODE_RE.pattern,
+                      "description": "Twilio's error code, for failed and undelivered"},
+        "To": {**_TEXT, "description": "the recipient; finds the subscriber of a permanent error"},
+        **{name: _TEXT for name in ("AccountSid", "From", "SmsSid", "SmsStatus", "MessagingServiceSid",
+                                    "ApiVersion", "RawDlrDoneDate", "ErrorMessage")},
+    }, ["MessageSid", "MessageStatus"])
+    inbound_form = _form_body("A resident's text, as Twilio sends it", {
+        "MessageSid": _SID,
+        "From": {"type": "string", "pattern": _PHONE_CHARS_RE.pattern, "example": "+447700900123",
+                 "description": "the resident's number, E.164 (a national number is read in the "
+                                "site's region)"},
+        "Body": {**_TEXT, "description": "the text: STOP, START, HELP, JOIN <zone>, LANG <code>, "
+                                         "REPORT <text>, DELETE"},
+        **{name: _TEXT for name in ("To", "AccountSid", "MessagingServiceSid", "NumSegments", "NumMedia",
+                                    "SmsMessageSid", "SmsSid", "SmsStatus", "ApiVersion", "FromCountry",
+                                    "ToCountry")},
+    }, ["MessageSid", "From"])
     router.add_api_route(STATUS_PATH, hooks.sms_status, methods=["POST"], status_code=204,
                          response_class=Response, summary="Twilio SMS delivery status callback",
-                         description="Signed form POST; 204 with no body. "
-                                     "403 bad signature, 400 bad input.")
+                         description="Signed form POST: applies the status (statuses only move "
+                                     "forward); 204 with no body, also for a repeated, late or "
+                                     "ignored (inbound, read receipt) status.",
+                         responses={204: {"description": "Applied, or nothing to change"}, **_REFUSALS},
+                         openapi_extra={"parameters": _SIGNATURE_PARAMETERS, "requestBody": status_form})
     router.add_api_route(INBOUND_PATH, hooks.sms_inbound, methods=["POST"], response_class=Response,
                          summary="Twilio inbound SMS webhook",
-                         description="Signed form POST; 200 TwiML (application/xml). "
-                                     "403 bad signature, 400 bad input.")
+                         description="Signed form POST: acts on the resident's command once per "
+                                     "MessageSid; 200 with the TwiML reply.",
+                         responses={200: {"description": "TwiML: <Response><Message>reply</Message>"
+                                                         "</Response>, or an empty <Response/> for STOP",
+                                          "content": {"application/xml": {"schema": _TEXT}}},
+                                    **_REFUSALS},
+                         openapi_extra={"parameters": _SIGNATURE_PARAMETERS, "requestBody": inbound_form})
     return router

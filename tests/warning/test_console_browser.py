@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import Clock, demo_config_text
+from tests.conftest import Clock, console_login, demo_config_text
 from warning.config import load_config
-from warning.console import add_operator, check_password
+from warning.console import add_operator
+from warning.logins import Passwords
 from warning.outbox import pending_approvals
 from warning.service import Service
 from warning.storage import Operator
@@ -50,14 +51,15 @@ def test_console_guards_sessions_passwords_and_csrf(site_with_held_warning):
     cfg, svc, pending = site_with_held_warning
     with svc.store.session() as s:
         stored = s.get(Operator, "duty").password_hash
-    assert stored.startswith("scrypt$") and PASSWORD not in stored
-    assert check_password(PASSWORD, stored) and not check_password("wrong password!", stored)
+    assert stored.startswith("$argon2id$") and PASSWORD not in stored
+    assert Passwords().verify(PASSWORD, stored) == (True, None)
+    assert Passwords().verify("wrong password!", stored) == (False, None)
     with TestClient(create_app(cfg, store=svc.store, service=svc), base_url="https://testserver") as client:
         r = client.get("/console", follow_redirects=False)
         assert r.status_code == 303 and r.headers["location"] == "/console/login"
-        bad = client.post("/console/login", data={"name": "duty", "password": "not the password"})
+        bad = console_login(client, "duty", "not the password")
         assert "Wrong name or password" in bad.text
-        ok = client.post("/console/login", data={"name": "duty", "password": PASSWORD}, follow_redirects=False)
+        ok = console_login(client, "duty", PASSWORD, follow_redirects=False)
         cookie = ok.headers["set-cookie"].lower()
         assert ok.status_code == 303 and "httponly" in cookie and "secure" in cookie and "samesite=strict" in cookie
         forged = client.post(f"/console/approvals/{pending[0].id}", data={"action": "approve", "csrf": "x" * 64})
@@ -85,7 +87,7 @@ def test_only_managers_decide_and_the_public_sees_only_what_is_published(site_wi
         assert not held & {a["identifier"] for a in client.get("/api/alerts").json()}
         assert all(client.get(f"/notices/{a}.xml").status_code == 404 for a in held)
 
-        client.post("/console/login", data={"name": "watch", "password": PASSWORD})
+        console_login(client, "watch", PASSWORD)
         page = client.get("/console/approvals").text
         assert "Only a manager can approve" in page and "/console/approvals/" not in page
         token = re.search(r'name="csrf" value="([0-9a-f]+)"', page).group(1)  # the sign-out form's
@@ -94,7 +96,7 @@ def test_only_managers_decide_and_the_public_sees_only_what_is_published(site_wi
         assert {p.id for p in pending_approvals(svc.store)} == {p.id for p in pending}
 
         client.cookies.clear()
-        client.post("/console/login", data={"name": "duty", "password": PASSWORD})
+        console_login(client, "duty", PASSWORD)
         page = client.get("/console/approvals").text
         token = re.search(r'name="csrf" value="([0-9a-f]+)"', page).group(1)
         first = pending[0]

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from tests.conftest import demo_config_text
+from tests.conftest import console_login, demo_config_text
 from warning.cli import app as cli_app
 from warning.config import load_config
 from warning.storage import SessionRow, Store
@@ -29,7 +29,7 @@ def cli(*args: str, password: str | None = None):
 
 
 def sign_in(client, password: str = PASSWORD) -> str:
-    r = client.post("/console/login", data={"name": "duty", "password": password}, follow_redirects=False)
+    r = console_login(client, "duty", password, follow_redirects=False)
     assert r.status_code == 303, r.text
     return client.cookies.get("floodwarn_session")
 
@@ -69,7 +69,7 @@ def test_logout_password_change_and_removal_end_sessions_at_once(tmp_path, monke
         out = cli("operators", "passwd", "--config", str(config), "duty", password=NEW_PASSWORD)
         assert "sessions have ended" in out
         assert not opens_console(app, second)
-        bad = client.post("/console/login", data={"name": "duty", "password": PASSWORD})
+        bad = console_login(client, "duty", PASSWORD)
         assert "Wrong name or password" in bad.text
         third = sign_in(client, NEW_PASSWORD)
         assert opens_console(app, third)
@@ -77,8 +77,7 @@ def test_logout_password_change_and_removal_end_sessions_at_once(tmp_path, monke
         out = cli("operators", "remove", "--config", str(config), "duty")
         assert "operator duty removed; 1 console session(s) ended" in out
         assert not opens_console(app, third)
-        assert "Wrong name or password" in client.post(
-            "/console/login", data={"name": "duty", "password": NEW_PASSWORD}).text
+        assert "Wrong name or password" in console_login(client, "duty", NEW_PASSWORD).text
         assert "duty" not in cli("operators", "list", "--config", str(config))
     res = CliRunner().invoke(cli_app, ["operators", "remove", "--config", str(config), "duty"])
     assert res.exit_code != 0 and "no operator named 'duty'" in " ".join(res.output.split())

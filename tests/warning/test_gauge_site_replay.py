@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import REPO, hupsel_config, shared_path
+from tests.conftest import REPO, console_login, hupsel_config, shared_path
 from warning.console import add_operator
 from warning.events import load_event
 from warning.replay import replay
@@ -90,7 +90,7 @@ def test_gauge_site_console_and_api(hupsel, monkeypatch):
         assert all(r["stage_m"] is None for r in readings)
         page = c.get("/console/login")
         assert page.status_code == 200
-        ok = c.post("/console/login", data={"name": "duty", "password": PASSWORD}, follow_redirects=False)
+        ok = console_login(c, "duty", PASSWORD, follow_redirects=False)
         assert ok.status_code == 303
         dash = c.get("/console")
         assert dash.status_code == 200 and "HUPSEL" in dash.text

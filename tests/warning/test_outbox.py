@@ -214,7 +214,7 @@ def test_approval_queue_approve_with_edit_reject_and_auto_release(tmp_path, env)
         a = s.scalar(select(ApprovalRow))
         assert (a.state, a.decided_by, a.decided_at) == ("approved", "Duty manager A. Jones",
                                                          T0 + timedelta(minutes=7))
-        log = s.scalars(select(AuditRow.event)).all()
+        log = s.scalars(select(AuditRow.event).order_by(AuditRow.id)).all()
     assert "approved" in log and log.count("sent") == 5
 
     # reject: nothing is ever sent; auto-release: released when the time runs out
@@ -336,5 +336,5 @@ def test_opt_out_round_trip_stop_then_start(db_url, env):
         got = Counter(m["To"] for m in fake.messages)
     assert got == {phone(0): 4, phone(2): 4, phone(1): 2}
     with store.session() as s:
-        events = s.scalars(select(AuditRow.event).where(AuditRow.event.in_(["opt_out", "opt_in"]))).all()
+        events = s.scalars(select(AuditRow.event).where(AuditRow.event.in_(["opt_out", "opt_in"])).order_by(AuditRow.id)).all()
     assert events == ["opt_out", "opt_in"]

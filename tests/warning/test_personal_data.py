@@ -4,9 +4,8 @@ request (DELETE by SMS, ``floodwarn subscribers delete``)."""
 
 from __future__ import annotations
 
-import itertools
-
 import io
+import itertools
 import json
 import logging
 import os
@@ -32,12 +31,21 @@ from typer.testing import CliRunner
 from alerts.channels import OutgoingMessage, TwilioChannel
 from alerts.inbound import NUMBER_REMOVED, parse_inbound, redact_numbers, reply_text
 from tests.alerts.twilio_fake import FakeTwilio
-from tests.conftest import REPO, demo_config_text
+from tests.conftest import REPO, console_login, demo_config_text
 from warning.cli import app
 from warning.logs import PhoneNumberFilter, redact_phone_numbers, with_phone_filter
 from warning.outbox import queue_fanout
-from warning.storage import (AlertRow, AuditRow, Base, DeliveryRow, OutboxRow, ReportRow, Run, Store,
-                             Subscriber)
+from warning.storage import (
+    AlertRow,
+    AuditRow,
+    Base,
+    DeliveryRow,
+    OutboxRow,
+    ReportRow,
+    Run,
+    Store,
+    Subscriber,
+)
 from warning.subscribers import PhoneVault, SubscriberRegistry, erase_number, roster_hash
 from warning.webhooks import INBOUND_PATH, make_router
 
@@ -465,7 +473,7 @@ def test_console_sessions_survive_across_apps_with_the_key_in_a_file(tmp_path, m
     add_operator(store, "duty", "correct horse battery", "manager")
 
     def session_cookie(client: TestClient) -> str:
-        ok = client.post("/console/login", data={"name": "duty", "password": "correct horse battery"},
+        ok = console_login(client, "duty", "correct horse battery",
                          follow_redirects=False)
         assert ok.status_code == 303
         return ok.cookies["floodwarn_session"]
