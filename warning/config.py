@@ -37,6 +37,7 @@ from alerts.levels import Criterion, LevelSpec, ZonePolicy
 
 from . import availability
 from .errors import ConfigError
+from .secrets import env_secret
 
 #: Zone metrics the pipeline computes; thresholds may use any of them.
 METRICS = {
@@ -552,7 +553,13 @@ class Config(_Model):
 
     @property
     def db_url(self) -> str:
-        return self.database_url or f"sqlite:///{self.output_dir / 'floodwarn.sqlite'}"
+        """``database_url``; else ``FLOODWARN_DATABASE_URL`` (or the file named by
+        ``FLOODWARN_DATABASE_URL_FILE``: a server's password is a secret, kept out of the
+        config); else a SQLite file in the output folder. Drills and replays name their
+        own database in the config they run on, so the variable never points them at the
+        live one."""
+        return self.database_url or env_secret("FLOODWARN_DATABASE_URL") or \
+            f"sqlite:///{self.output_dir / 'floodwarn.sqlite'}"
 
     def level_specs(self, zone: ZoneConfig) -> list[LevelSpec]:
         specs = []
