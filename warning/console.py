@@ -203,8 +203,8 @@ def make_console(cfg: Config, store: Store, *, site: Callable[[], Any] | None = 
         user = who(request)
         html = _env.get_template(name).render(site=cfg.site.name, user=user, role=role(user) if user else None,
                                               csrf=sessions.csrf(token), **ctx)
-        return HTMLResponse(html, status_code=status,
-                            headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY"})
+        # framing, CSP and the other security headers: warning.security, on every response
+        return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
 
     def require(request: Request) -> str:
         user = who(request)

@@ -3,7 +3,7 @@
 :class:`SecurityHeaders` is a pure ASGI middleware: it only adds headers to the
 ``http.response.start`` message, so streamed bodies and ``FileResponse`` pass untouched.
 Every HTTP response gets, unless the route already set the same header (a route may set a
-narrower policy of its own; the console sets ``X-Frame-Options`` itself):
+narrower policy of its own):
 
 - ``Content-Security-Policy``: :data:`POLICY` plus the hashes of the public pages' inline
   ``<style>`` (see below): no script at all, styles only from this origin, images from

@@ -3,9 +3,9 @@ data arrive (and at least every ``service.cycle_every_minutes``), dispatches the
 and releases timed-out approvals.
 
 Jobs are kept in memory and made anew from the config at every start (see
-:meth:`Service.start`), with ``coalesce=True`` (missed runs collapse into one), ``max_instances=1`` and a misfire grace time; on top of that a
-lock makes sure two cycles never overlap, whoever calls them. Several schedulers may share
-one database (PostgreSQL, or SQLite on one machine): a lease row (``leases``, named
+:meth:`Service.start`), with ``coalesce=True`` (missed runs collapse into one),
+``max_instances=1`` and a misfire grace time; on top of that a lock makes sure two
+cycles never overlap, whoever calls them. Several schedulers may share one database (PostgreSQL, or SQLite on one machine): a lease row (``leases``, named
 ``cycle:<scope>``) lets one of them run a cycle at a time, and a cycle another scheduler
 already ran for the same minute (run id ``<time>-live``) is not run again. A failed cycle (bad data,
 a dead feed) is logged and recorded, and the service goes on with the last good data.
@@ -517,7 +517,7 @@ class Service:
 
 
 def run_job(name: str) -> None:
-    """The scheduler's entry point for every job (a plain function, so jobs persist)."""
+    """The scheduler's entry point for every job (a plain function, named by the job)."""
     svc = _SERVICE
     if svc is None:
         log.warning("job %s fired with no service running", name)

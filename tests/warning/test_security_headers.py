@@ -126,7 +126,7 @@ def test_every_route_answers_with_the_security_headers(site):
         r = client.put("/api/zones")  # a method the route does not take
         assert r.status_code == 405
         assert_secured(r, https=True)
-        # the console sets X-Frame-Options itself: the middleware does not add a second one
+        # console pages: one X-Frame-Options (the middleware's), no inline styles
         page = client.get("/console/approvals")
         assert page.status_code == 200 and page.headers.get_list("x-frame-options") == ["DENY"]
         assert "style=" not in page.text and "<style" not in page.text
